@@ -1,0 +1,48 @@
+"""kktrecon: read training data back out of trained weights.
+
+Implements the KKT-based reconstruction attack of Haim, Vardi, Yehudai, Shamir & Irani,
+*Reconstructing Training Data from Trained Neural Networks* (NeurIPS 2022): a network trained by
+gradient descent on the logistic loss sits near a KKT point of the max-margin problem, so its
+parameters are a non-negative combination of per-sample gradients at the training points; the
+attack searches for inputs whose gradients explain the parameters.
+
+The public API is one function per stage; each lives in the module named for its stage and is
+imported on first use, so ``import kktrecon`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "load_dataset": "kktrecon.data",
+    "DataConfig": "kktrecon.data",
+    "ModelConfig": "kktrecon.models",
+    "build_model": "kktrecon.models",
+    "load_checkpoint": "kktrecon.models",
+    "TrainConfig": "kktrecon.training",
+    "train": "kktrecon.training",
+    "diagnose": "kktrecon.kkt",
+    "ReconstructionConfig": "kktrecon.reconstruction",
+    "reconstruct": "kktrecon.reconstruction",
+    "evaluate": "kktrecon.evaluation",
+    "report": "kktrecon.reporting",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kktrecon' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,180 @@
+"""Run directories: atomic writes, manifests, config round trips, device and dtype names.
+
+Every stage writes into a directory of its own with a JSON manifest (config, versions, seed,
+metrics). Writes go to a temporary file in the same directory and are renamed into place, so an
+interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = [
+    "DTYPES",
+    "RunDirectoryExistsError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "config_from_dict",
+    "config_to_dict",
+    "package_versions",
+    "prepare_run_dir",
+    "read_json",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+C = TypeVar("C")
+
+
+class RunDirectoryExistsError(FileExistsError):
+    """A run directory already holds results and overwriting was not asked for."""
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map a dtype name (``float32``/``float64``) to a torch dtype; unknown names list the choices."""
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ValueError(f"Expected `dtype` to be one of {sorted(DTYPES)}. Got {name}.")
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"Expected `dtype` to be one of {sorted(DTYPES)}. Got {name!r}.")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """Inverse of :func:`resolve_dtype`."""
+    return {v: k for k, v in DTYPES.items()}[dtype]
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) picks CUDA when present, else CPU; anything else is passed to torch."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Expected `device` to be available. Got {name!r} but CUDA is not available here.")
+    return device
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object, with an error that names the file when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a JSON file at {path}, but there is none.")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"Expected {path} to hold a JSON object. Got {type(obj).__name__}.")
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return config_to_dict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return dtype_name(obj)
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as a JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Rebuild a config dataclass, rejecting unknown keys and restoring tuples and nested configs."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"Unknown keys for {cls.__name__}: {unknown}. Expected a subset of {sorted(fields)}.")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls, "__dataclass_fields__")[name].default  # noqa: B009
+        nested = _NESTED.get((cls.__name__, name))
+        if nested is not None and isinstance(value, Mapping):
+            value = config_from_dict(nested, value)
+        elif isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[tuple[str, str], type] = {}
+
+
+def register_nested(owner: str, field: str, cls: type) -> None:
+    """Tell :func:`config_from_dict` that ``owner.field`` holds a ``cls`` config."""
+    _NESTED[(owner, field)] = cls
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a result, for manifests."""
+    versions = {"python": platform.python_version()}
+    for name in ("kktrecon", "torch", "numpy", "kornia", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def prepare_run_dir(path: str | Path, *, force: bool = False, marker: str) -> Path:
+    """Create ``path`` for a new run; refuse when ``marker`` (the run's manifest) is already there.
+
+    ``force`` allows overwriting. The marker is the file a finished or started run leaves, so an
+    empty or unrelated directory is accepted.
+    """
+    path = Path(path)
+    if (path / marker).exists() and not force:
+        raise RunDirectoryExistsError(
+            f"{path} already holds a run ({marker} exists). Choose another directory or pass --force to overwrite."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
