@@ -1,0 +1,198 @@
+"""The ``kktrecon`` command line: parses options, calls the library, turns its errors into clean exits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="kktrecon",
+    help="Reconstruct training data from trained neural networks (Haim et al., NeurIPS 2022).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+DataRoot = Annotated[
+    Path | None,
+    typer.Option("--data-root", help="Folder holding MNIST/raw or cifar-10-batches-py (default: $KKTRECON_DATA, "
+                 "else the per-user cache)."),
+]  # fmt: skip
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, …")]
+Dtype = Annotated[str, typer.Option(help="float32 or float64.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing run in the output directory.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the output directory's last checkpoint.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a summary.")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Library errors become a one-line message and exit code 1; Ctrl-C says how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print("[yellow]Interrupted.[/] Checkpoints are kept; rerun the same command with --resume to continue.")
+        raise typer.Exit(130) from None
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, NotImplementedError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(",") if w.strip()) if text.strip() else ()
+    except ValueError:
+        raise typer.BadParameter(f"Expected comma-separated widths like 1000,1000. Got {text!r}.") from None
+
+
+@app.command()
+def data(
+    dataset: Annotated[str, typer.Option(help="mnist, cifar10 or toy.")] = "mnist",
+    task: Annotated[
+        str, typer.Option(help="odd-even / digits (mnist), vehicles-animals / classes (cifar10), spiral / grid (toy).")
+    ] = "odd-even",
+    n_per_class: Annotated[int, typer.Option(help="Training images per class (first in dataset order).")] = 250,
+    test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 500,
+    data_root: DataRoot = None,
+    as_json: AsJson = False,
+) -> None:
+    """Summarise the training set a victim would be trained on."""
+    from kktrecon.data import DataConfig, load_dataset
+
+    with _errors():
+        config = DataConfig(dataset=dataset, task=task, n_per_class=n_per_class, test_per_class=test_per_class)
+        summary = load_dataset(config, data_root=data_root).summary()
+    if as_json:
+        _print_json(summary)
+        return
+    for key, value in summary.items():
+        if key in ("source_indices", "test_source_indices"):
+            value = f"{value[:8]}… ({len(value)} indices)" if len(value) > 8 else value
+        out.print(f"[bold]{key}[/]: {value}", highlight=False)
+
+
+@app.command()
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
+    dataset: Annotated[str, typer.Option(help="mnist, cifar10 or toy.")] = "mnist",
+    task: Annotated[str, typer.Option(help="Labelling of the dataset (see `kktrecon data --help`).")] = "odd-even",
+    n_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 10,
+    test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 500,
+    hidden: Annotated[str, typer.Option(help="Hidden widths, comma-separated.")] = "1000,1000",
+    bias: Annotated[str, typer.Option(help="Bias policy: none, first (reference) or all.")] = "first",
+    init_scale: Annotated[float, typer.Option(help="First-layer init scale.")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Gradient-descent step size.")] = 0.01,
+    steps: Annotated[int, typer.Option(help="Full-batch steps.")] = 100_000,
+    loss_threshold: Annotated[float | None, typer.Option(help="Stop once the loss is below this.")] = None,
+    schedule: Annotated[str, typer.Option(help="constant (reference) or loss-scaled.")] = "constant",
+    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+    dtype: Dtype = "float32",
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (0: never).")] = 10_000,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    force: Force = False,
+    resume: Resume = False,
+) -> None:
+    """Train a victim by full-batch gradient descent on the logistic loss (the reference recipe)."""
+    from kktrecon.data import DataConfig
+    from kktrecon.training import TrainConfig
+    from kktrecon.training import train as train_victim
+
+    with _errors():
+        config = TrainConfig(
+            data=DataConfig(dataset=dataset, task=task, n_per_class=n_per_class, test_per_class=test_per_class),
+            hidden=_hidden(hidden), bias=bias, init_scale=init_scale, lr=lr, steps=steps,
+            loss_threshold=loss_threshold, schedule=schedule, seed=seed, dtype=dtype,
+            checkpoint_every=checkpoint_every,
+        )  # fmt: skip
+        result = train_victim(config, out=out_dir, data_root=data_root, device=device, force=force, resume=resume)
+    m = result.metrics
+    acc = "n/a" if m["test_accuracy"] is None else f"{m['test_accuracy']:.4f}"
+    out.print(
+        f"trained {m['steps']} steps in {m['time_s']:.1f}s: loss {m['train_loss']:.3g}, train error "
+        f"{m['train_error']:.4f}, test accuracy {acc}, min margin {m['min_margin']:.3g} → {out_dir}",
+        highlight=False,
+    )
+
+
+@app.command()
+def diagnose(
+    run_dir: Annotated[Path, typer.Argument(help="Victim run directory.")],
+    data_root: DataRoot = None,
+    device: Device = "cpu",
+    as_json: AsJson = False,
+) -> None:
+    """How close a victim is to a KKT point: fit λ ≥ 0 by NNLS and report ‖θ − Σλᵢyᵢ∇Φ(xᵢ)‖/‖θ‖."""
+    from kktrecon.kkt import diagnose as run_diagnosis
+
+    with _errors():
+        d = run_diagnosis(run_dir, data_root=data_root, device=device)
+    if as_json:
+        _print_json(d.to_dict())
+        return
+    out.print(f"[bold]relative residual[/]: {d.relative_residual:.4f}   (0 = exact KKT point)", highlight=False)
+    for name, value in d.residual_per_layer.items():
+        out.print(f"  {name}: {value:.4f}", highlight=False)
+    out.print(f"[bold]non-zero λ[/]: {d.n_nonzero} of {d.n}", highlight=False)
+    norm = sorted(d.normalized_margins)
+    out.print(f"[bold]normalised margins[/] (÷ min): min {norm[0]:.3f}, median {norm[len(norm) // 2]:.3f}, "
+              f"max {norm[-1]:.3f}", highlight=False)  # fmt: skip
+
+
+@app.command()
+def reconstruct(
+    run_dir: Annotated[Path, typer.Argument(help="Victim run directory (model.safetensors + model.json).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Reconstruction directory to create.")],
+    iterations: Annotated[int, typer.Option(help="Optimisation steps.")] = 50_000,
+    candidates: Annotated[int | None, typer.Option(help="Number of candidates m (default 2n).")] = None,
+    init_scale: Annotated[float, typer.Option(help="Candidates start at N(0,1)·init_scale.")] = 0.035,
+    lr: Annotated[float, typer.Option(help="Step size for the candidates.")] = 0.0305,
+    lambda_lr: Annotated[float, typer.Option(help="Step size for λ.")] = 1e-4,
+    lambda_min: Annotated[float, typer.Option(help="λ hinge threshold.")] = 0.447,
+    alpha: Annotated[float, typer.Option(help="Modified-ReLU sigmoid slope.")] = 150.0,
+    momentum: Annotated[float, typer.Option(help="SGD momentum of both optimisers.")] = 0.9,
+    kkt_weight: Annotated[float, typer.Option(help="Weight of the stationarity term.")] = 1.0,
+    prior_weight: Annotated[float, typer.Option(help="Weight of the [-1,1] box prior (0: off).")] = 1.0,
+    lambda_weight: Annotated[float, typer.Option(help="Weight of the λ hinge.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Iterations between checkpoints (0: never).")] = 1000,
+    dtype: Dtype = "float32",
+    device: Device = "auto",
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Run the KKT reconstruction attack on a victim's weights (it never reads training images)."""
+    from kktrecon.reconstruction import ReconstructionConfig
+    from kktrecon.reconstruction import reconstruct as run_attack
+
+    with _errors():
+        config = ReconstructionConfig(
+            candidates=candidates, iterations=iterations, init_scale=init_scale, lr=lr, lambda_lr=lambda_lr,
+            lambda_min=lambda_min, alpha=alpha, momentum=momentum, kkt_weight=kkt_weight,
+            prior_weight=prior_weight, lambda_weight=lambda_weight, seed=seed, dtype=dtype,
+            checkpoint_every=checkpoint_every,
+        )  # fmt: skip
+        result = run_attack(run_dir, config, out=out_dir, device=device, resume=resume, force=force)
+    last = result.history[-1] if result.history else {}
+    out.print(
+        f"{result.x.shape[0]} candidates after {config.iterations} iterations in {result.seconds:.1f}s "
+        f"(kkt {last.get('kkt', float('nan')):.4g}) → {out_dir}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    app()
