@@ -254,7 +254,7 @@ def train(
     with progress_bar("train", total=config.steps, enabled=progress, completed=step) as bar:
         while step < config.steps:
             loss, err = _loss_and_error(model, data.x_train, data.y_train)
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
             if initial_loss is None:
                 initial_loss = loss_value
             if not torch.isfinite(loss):

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real data subsets next to the repository, and small writable MNIST copies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kktrecon.data import SAMPLE_ROOT
+
+#: In CI the repository is cloned next to ``shared/``: <clone>/../shared/data.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real MNIST and CIFAR-10 subsets (see shared/data/README.md); skips when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tmp_mnist(tmp_path: Path) -> Path:
+    """A writable data root holding a copy of the embedded MNIST sample (500 train, 500 test images).
+
+    Tests corrupt or delete files in ``tmp_mnist / "MNIST" / "raw"`` without touching the package.
+    """
+    shutil.copytree(SAMPLE_ROOT / "MNIST", tmp_path / "MNIST")
+    return tmp_path

@@ -1,0 +1,120 @@
+"""Training: zero training error, checkpoints that reload identically, determinism, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kktrecon.data import SAMPLE_ROOT, DataConfig
+from kktrecon.kkt import diagnose
+from kktrecon.models import load_checkpoint
+from kktrecon.runs import RunDirectoryExistsError
+from kktrecon.training import TrainConfig, train
+
+TOY = TrainConfig(
+    data=DataConfig(dataset="toy", task="grid", n_per_class=10),
+    hidden=(64, 64),
+    init_scale=1.0,
+    lr=0.05,
+    steps=1500,
+    eval_every=100,
+    checkpoint_every=500,
+)
+MNIST_SMALL = TrainConfig(
+    data=DataConfig(n_per_class=10, test_per_class=100), hidden=(100, 100), steps=2000, eval_every=500
+)
+
+
+def test_mnist_victim_reaches_zero_training_error_and_separates_with_margin() -> None:
+    result = train(MNIST_SMALL, data_root=SAMPLE_ROOT, device="cpu", progress=False)
+    m = result.metrics
+    assert m["train_error"] == 0.0
+    assert m["min_margin"] > 0
+    assert m["test_accuracy"] > 0.6  # odd/even from 20 digits: well above chance
+    assert result.history[0]["loss"] == pytest.approx(0.693, abs=0.01)  # tiny first layer: Φ ≈ 0 at init
+    assert result.history[-1]["loss"] < result.history[0]["loss"] / 10
+
+
+def test_run_directory_reloads_identically_and_records_metrics(tmp_path) -> None:
+    result = train(TOY, out=tmp_path / "v", device="cpu", progress=False)
+    assert result.metrics["train_error"] == 0.0
+    model, manifest = load_checkpoint(tmp_path / "v")
+    x = torch.rand(9, 2) * 2 - 1
+    assert torch.equal(model(x), result.model(x))
+    for key in ("train_error", "test_accuracy", "train_loss", "margins", "outputs"):
+        assert key in manifest["metrics"]
+    assert manifest["data"]["dataset"] == "toy" and manifest["training"]["steps"] == TOY.steps
+    assert {"torch", "kktrecon"} <= set(manifest["versions"])
+    assert not (tmp_path / "v" / "train_state.safetensors").exists()
+    with pytest.raises(RunDirectoryExistsError, match="--force"):
+        train(TOY, out=tmp_path / "v", device="cpu", progress=False)
+    train(TOY, out=tmp_path / "v", device="cpu", progress=False, force=True, steps=10)
+    assert json.loads((tmp_path / "v" / "model.json").read_text())["metrics"]["steps"] == 10
+
+
+def test_same_seed_gives_the_same_parameters() -> None:
+    a = train(TOY, device="cpu", progress=False, steps=50)
+    b = train(TOY, device="cpu", progress=False, steps=50)
+    c = train(TOY, device="cpu", progress=False, steps=50, seed=1)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert not torch.equal(a.model.layers[0].weight, c.model.layers[0].weight)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
+    full = train(TOY, device="cpu", progress=False, steps=1200)
+    from kktrecon import training
+
+    real = training._loss_and_error
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 700:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_loss_and_error", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=1200)
+    monkeypatch.setattr(training, "_loss_and_error", real)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=1200)
+    resumed = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=1200, resume=True)
+    for p, q in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_longer_training_moves_the_victim_towards_a_kkt_point() -> None:
+    short = train(TOY, device="cpu", progress=False, steps=200, dtype="float64")
+    long = train(TOY, device="cpu", progress=False, steps=3000, dtype="float64")
+    x, signs = short_data()
+    r_short = diagnose(short.model, x=x, signs=signs).relative_residual
+    r_long = diagnose(long.model, x=x, signs=signs).relative_residual
+    assert r_long < r_short
+
+
+def short_data():
+    from kktrecon.data import load_dataset
+
+    d = load_dataset(TOY.data, dtype=torch.float64)
+    return d.x_train, d.signs
+
+
+def test_loss_scaled_schedule_is_faster_to_the_same_margin_regime() -> None:
+    const = train(TOY, device="cpu", progress=False, steps=300)
+    fast = train(TOY, device="cpu", progress=False, steps=300, schedule="loss-scaled", max_lr_factor=50)
+    assert fast.metrics["train_loss"] < const.metrics["train_loss"]
+
+
+def test_bad_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="Expected `schedule` to be one of \\['constant', 'loss-scaled'\\]"):
+        TrainConfig(schedule="cosine")
+    with pytest.raises(ValueError, match="Expected `dtype`"):
+        TrainConfig(dtype="half")
+    with pytest.raises(ValueError, match="Expected `data` loaded with"):
+        from kktrecon.data import load_dataset
+
+        train(TOY, data=load_dataset(MNIST_SMALL.data, data_root=SAMPLE_ROOT), progress=False)
