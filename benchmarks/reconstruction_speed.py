@@ -10,6 +10,7 @@ times the FLOPs of one forward pass at the measured GEMM rate for the dtype.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -77,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     widths = [784, 1000, 1000, 1]
-    forward_flops = 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    forward_flops = 2 * sum(a * b for a, b in itertools.pairwise(widths))
     rows = []
     for dtype in (torch.float32, torch.float64):
         for m in (int(v) for v in args.candidates.split(",")):

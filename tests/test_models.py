@@ -143,12 +143,12 @@ def test_checkpoint_with_nan_is_refused(tmp_path) -> None:
 
 
 def test_missing_checkpoint_names_the_expected_files(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="model.safetensors and model.json"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors and model\.json"):
         load_checkpoint(tmp_path)
 
 
 def test_config_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="Expected `bias` to be one of \\['all', 'first', 'none'\\]. Got 'some'"):
+    with pytest.raises(ValueError, match=r"Expected `bias` to be one of \['all', 'first', 'none'\]\. Got 'some'"):
         ModelConfig(bias="some")
-    with pytest.raises(ValueError, match="init_scale"):
+    with pytest.raises(ValueError, match=r"Expected `init_scale` > 0\. Got 0"):
         ModelConfig(init_scale=0)

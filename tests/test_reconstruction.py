@@ -42,7 +42,7 @@ def test_loss_vanishes_at_the_true_data_and_grows_when_a_sample_moves() -> None:
 
 
 def test_prior_and_lambda_hinge() -> None:
-    model, x, y, lam = _linear_kkt_victim()
+    model, x, y, _ = _linear_kkt_victim()
     cfg = ReconstructionConfig(lambda_min=0.5)
     terms = attack_loss(model, x * 0 + 1.5, torch.tensor([0.2, 0.5, 1.0, 0.0], dtype=torch.float64), y, cfg)
     assert float(terms["prior"]) == pytest.approx(x.numel() * 0.25)
@@ -55,7 +55,7 @@ def test_initial_state_is_seeded_and_labels_are_half_and_half() -> None:
     x2, lam2, _, _ = rec.initial_state((1, 4, 4), cfg, 6, device=torch.device("cpu"), dtype=torch.float32)
     assert torch.equal(x, x2) and torch.equal(lam, lam2)
     assert y.tolist() == [-1, -1, -1, 1, 1, 1]
-    assert 0 <= lam.min() and lam.max() <= 1
+    assert lam.min() >= 0 and lam.max() <= 1
     assert x.std().item() == pytest.approx(0.01, rel=0.5)
 
 
@@ -107,7 +107,9 @@ def test_interrupted_then_resumed_run_is_bit_identical(victim_dir, tmp_path, mon
     resumed = reconstruct(victim_dir, out=tmp_path / "cut", resume=True, **SMALL)
     assert torch.equal(resumed.x, full.x)
     assert torch.equal(resumed.lam, full.lam)
-    assert resumed.history == [{**h, "seconds": r["seconds"]} for h, r in zip(full.history, resumed.history)]
+    assert resumed.history == [
+        {**h, "seconds": r["seconds"]} for h, r in zip(full.history, resumed.history, strict=True)
+    ]
 
 
 def test_resume_refuses_a_changed_config(victim_dir, tmp_path, monkeypatch) -> None:
