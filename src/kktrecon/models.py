@@ -61,8 +61,9 @@ class ModelConfig:
         num_outputs: 1 for binary tasks (Φ is the single logit), K for multiclass.
         bias: ``none`` (fully homogeneous), ``first`` (reference: only the first layer has a bias),
             ``all`` (every hidden layer has one; not homogeneous). The output layer never has one.
-        init_scale: first-layer weights and bias are drawn N(0, 1)·init_scale (reference: 1e-4);
-            other layers keep PyTorch's default initialisation.
+        init_scale: first-layer weights and bias are drawn N(0, 1)·init_scale (reference: 1e-4).
+        hidden_init_scale: when set, later layers are drawn N(0, 1)·hidden_init_scale (the reference's
+            ``model_init_list``); None keeps PyTorch's default for them (the reference's default).
     """
 
     input_shape: tuple[int, ...] = (1, 28, 28)
@@ -70,6 +71,7 @@ class ModelConfig:
     num_outputs: int = 1
     bias: str = "first"
     init_scale: float = 1e-4
+    hidden_init_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.bias not in BIAS_POLICIES:
@@ -82,6 +84,8 @@ class ModelConfig:
             raise ValueError(f"Expected `num_outputs` >= 1. Got {self.num_outputs}.")
         if not self.init_scale > 0:
             raise ValueError(f"Expected `init_scale` > 0. Got {self.init_scale}.")
+        if self.hidden_init_scale is not None and not self.hidden_init_scale > 0:
+            raise ValueError(f"Expected `hidden_init_scale` > 0 or None. Got {self.hidden_init_scale}.")
 
     @property
     def input_dim(self) -> int:
@@ -170,6 +174,10 @@ def _init_layers(model: MLP, config: ModelConfig, gen: torch.Generator) -> None:
             nn.init.normal_(layer.weight, 0.0, 1.0, generator=gen).mul_(config.init_scale)
             if layer.bias is not None:
                 nn.init.normal_(layer.bias, 0.0, 1.0, generator=gen).mul_(config.init_scale)
+        elif config.hidden_init_scale is not None:
+            nn.init.normal_(layer.weight, 0.0, 1.0, generator=gen).mul_(config.hidden_init_scale)
+            if layer.bias is not None:
+                nn.init.normal_(layer.bias, 0.0, 1.0, generator=gen).mul_(config.hidden_init_scale)
         else:  # PyTorch's nn.Linear default, drawn from our generator
             nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
             if layer.bias is not None:

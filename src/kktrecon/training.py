@@ -67,6 +67,7 @@ class TrainConfig:
         hidden: hidden-layer widths of the MLP.
         bias: bias policy (``none``, ``first`` — the reference — or ``all``).
         init_scale: first-layer initialisation scale (reference 1e-4).
+        hidden_init_scale: N(0,1)·scale for later layers; None keeps PyTorch's default (reference).
         lr: gradient-descent step size (reference 0.01).
         steps: step budget.
         loss_threshold: stop early once the training loss falls below this.
@@ -82,6 +83,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = (1000, 1000)
     bias: str = "first"
     init_scale: float = 1e-4
+    hidden_init_scale: float | None = None
     lr: float = 0.01
     steps: int = 100_000
     loss_threshold: float | None = None
@@ -115,6 +117,7 @@ class TrainConfig:
             num_outputs=outputs,
             bias=self.bias,
             init_scale=self.init_scale,
+            hidden_init_scale=self.hidden_init_scale,
         )
 
 
