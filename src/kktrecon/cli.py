@@ -194,5 +194,76 @@ def reconstruct(
     )
 
 
+@app.command()
+def evaluate(
+    rec_dirs: Annotated[list[Path], typer.Argument(help="Reconstruction directories of one victim (pooled).")],
+    data_root: DataRoot = None,
+    best_buddies: Annotated[bool, typer.Option(help="A candidate may serve only its nearest training image.")] = False,
+    threshold: Annotated[float, typer.Option(help="SSIM above which an image counts as reconstructed.")] = 0.4,
+    toy_radius: Annotated[float, typer.Option(help="2-D toy: distance within which a point is found.")] = 0.05,
+    margin_tol: Annotated[float, typer.Option(help="2-D toy: normalised margin ≤ 1 + tol is 'on the margin'.")] = 0.1,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write (default: the first dir).")] = None,
+    device: Device = "cpu",
+    as_json: AsJson = False,
+) -> None:
+    """Match each training image to its nearest candidate, score both SSIMs, write metrics and figures."""
+    from kktrecon.evaluation import evaluate as run_evaluation
+
+    with _errors():
+        result = run_evaluation(
+            rec_dirs, data_root=data_root, best_buddies=best_buddies, threshold=threshold, toy_radius=toy_radius,
+            margin_tol=margin_tol, device=device, out_dir=out_dir,
+        )  # fmt: skip
+    if as_json:
+        _print_json(result.metrics)
+        return
+    from kktrecon.reporting import headline
+
+    out.print("\n".join(headline(result.metrics)), highlight=False)
+    out.print(f"wrote {', '.join(sorted(p.name for p in result.files.values()))} → {result.out_dir}", highlight=False)
+
+
+@app.command()
+def report(
+    rec_dir: Annotated[Path, typer.Argument(help="An evaluated reconstruction directory.")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Where to write (default REC_DIR/report.html).")
+    ] = None,
+) -> None:
+    """Write one self-contained report.html (figures embedded) for an evaluated reconstruction."""
+    from kktrecon.reporting import report as write_report
+
+    with _errors():
+        path = write_report(rec_dir, out=out_file)
+    out.print(f"report: {path}", highlight=False)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Demo directory.")] = Path("kktrecon-demo"),
+    toy: Annotated[bool, typer.Option("--toy", help="The paper's 2-D toy instead of MNIST.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the victim and of the attack.")] = 0,
+    resume: Resume = False,
+    force: Force = False,
+    fail_under: Annotated[
+        int | None, typer.Option(help="Exit with status 3 if fewer training samples come back (for CI).")
+    ] = None,
+) -> None:
+    """Train a victim on embedded MNIST digits, reconstruct them from its weights, and report (offline)."""
+    from kktrecon.demo import demo as run_demo
+
+    with _errors():
+        result = run_demo(out_dir, toy=toy, seed=seed, resume=resume, force=force, console=out)
+    out.rule("result")
+    out.print(f"[bold green]{result.headline}[/]", highlight=False)
+    times = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
+    out.print(f"time: {times}; total {sum(result.seconds.values()) / 60:.1f} min", highlight=False)
+    out.print(f"report: {result.report.resolve()}", highlight=False)
+    count = result.metrics["n_found" if toy else "n_reconstructed"]
+    if fail_under is not None and count < fail_under:
+        err.print(f"[bold red]fail:[/] {count} < --fail-under {fail_under}")
+        raise typer.Exit(3)
+
+
 def main() -> None:
     app()
