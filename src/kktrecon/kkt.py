@@ -20,6 +20,8 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from kktrecon.runs import resolve_device
+
 __all__ = ["KKTDiagnosis", "diagnose", "fit_multipliers", "kkt_gradients", "per_sample_gram", "scalar_output"]
 
 
@@ -142,6 +144,7 @@ def diagnose(
         A :class:`KKTDiagnosis`. ``relative_residual`` is 0 at an exact KKT point and 1 when no
         non-negative combination of the per-sample gradients explains any of θ.
     """
+    device = resolve_device(device)
     if isinstance(victim, (str, Path)):
         from kktrecon.data import DataConfig, load_dataset
         from kktrecon.models import load_checkpoint

@@ -22,7 +22,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from kktrecon.runs import atomic_write_bytes, atomic_write_json, config_from_dict, config_to_dict, read_json
+from kktrecon.runs import (
+    atomic_write_bytes,
+    atomic_write_json,
+    config_from_dict,
+    config_to_dict,
+    read_json,
+    resolve_device,
+)
 
 __all__ = [
     "BIAS_POLICIES",
@@ -297,7 +304,7 @@ def load_checkpoint(
     stored = {v.dtype for v in tensors.values()}
     model.load_state_dict(tensors)
     target = dtype if dtype is not None else (stored.pop() if len(stored) == 1 else torch.float32)
-    return model.to(device=device, dtype=target), manifest
+    return model.to(device=resolve_device(device), dtype=target), manifest
 
 
 def warn_if_unsupported(model: nn.Module) -> None:

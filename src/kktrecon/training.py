@@ -12,6 +12,7 @@ weights every ``checkpoint_every`` steps so an interrupted run resumes where it 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -254,15 +255,19 @@ def train(
     initial_loss: float | None = history[0]["loss"] if history else None
     start = time.perf_counter() - elapsed
     loss_value = float("nan")
+    needs_loss = config.schedule != "constant" or config.loss_threshold is not None
     with progress_bar("train", total=config.steps, enabled=progress, completed=step) as bar:
         while step < config.steps:
             loss, err = _loss_and_error(model, data.x_train, data.y_train)
-            loss_value = float(loss.detach())
-            if initial_loss is None:
-                initial_loss = loss_value
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"Training loss became {loss_value} at step {step}; lower the step size.")
-            if step % config.eval_every == 0:
+            # Reading the loss synchronises a GPU: only where the schedule, the threshold or the log needs it.
+            logging = step % config.eval_every == 0
+            if logging or needs_loss:
+                loss_value = float(loss.detach())
+                if initial_loss is None:
+                    initial_loss = loss_value
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"Training loss became {loss_value} at step {step}; lower the step size.")
+            if logging:
                 point = {"step": step, "loss": loss_value, "train_error": float(err)}
                 if len(data.x_test):
                     with torch.no_grad():
@@ -272,8 +277,9 @@ def train(
                 bar.update(postfix=_postfix(point))
             if config.loss_threshold is not None and loss_value < config.loss_threshold:
                 break
-            for group in opt.param_groups:
-                group["lr"] = schedule(config.lr, loss_value, initial_loss, config.max_lr_factor)
+            if needs_loss:
+                for group in opt.param_groups:
+                    group["lr"] = schedule(config.lr, loss_value, initial_loss, config.max_lr_factor)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -284,6 +290,8 @@ def train(
 
     seconds = time.perf_counter() - start
     metrics = evaluate_model(model, data)
+    if not math.isfinite(metrics["train_loss"]):
+        raise FloatingPointError(f"Training loss became {metrics['train_loss']} by step {step}; lower the step size.")
     metrics.update({"steps": step, "time_s": seconds, "n_train": len(data.x_train)})
     history.append({"step": step, "loss": metrics["train_loss"], "train_error": metrics["train_error"]})
     if run_dir is not None:
