@@ -1,0 +1,69 @@
+"""The demo pipeline at toy size: offline, resumable, refuses to mix recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kktrecon import reconstruction
+from kktrecon.data import DataConfig
+from kktrecon.demo import DemoConfig, demo, estimate_seconds
+from kktrecon.reconstruction import ReconstructionConfig
+from kktrecon.runs import RunDirectoryExistsError
+from kktrecon.training import TrainConfig
+
+TINY = DemoConfig(
+    victim=TrainConfig(data=DataConfig(n_per_class=3, test_per_class=20), hidden=(40, 40), steps=300, eval_every=100),
+    attack=ReconstructionConfig(iterations=30, candidates=8, checkpoint_every=10, log_every=5),
+)
+
+
+def test_demo_runs_offline_and_writes_a_report(tmp_path) -> None:
+    result = demo(tmp_path / "d", config=TINY, progress=False)
+    assert result.report.is_file() and result.report.name == "report.html"
+    assert result.metrics["n_train"] == 6 and result.metrics["n_candidates"] == 8
+    assert "of 6 training images reconstructed" in result.headline
+    record = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert record["headline"] == result.headline and set(record["seconds"]) == {
+        "train",
+        "reconstruct",
+        "evaluate_and_report",
+    }
+    with pytest.raises(RunDirectoryExistsError, match="--force"):
+        demo(tmp_path / "d", config=TINY, progress=False)
+
+
+def test_interrupted_demo_resumes_to_the_same_candidates(tmp_path, monkeypatch) -> None:
+    demo(tmp_path / "full", config=TINY, progress=False)
+    real = reconstruction.attack_loss
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 17:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reconstruction, "attack_loss", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        demo(tmp_path / "cut", config=TINY, progress=False)
+    monkeypatch.setattr(reconstruction, "attack_loss", real)
+    demo(tmp_path / "cut", config=TINY, progress=False, resume=True)
+    a = load_file(str(tmp_path / "full" / "reconstruction" / "candidates.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "reconstruction" / "candidates.safetensors"))
+    assert torch.equal(a["x"], b["x"])
+    other = DemoConfig(victim=TINY.victim, attack=ReconstructionConfig(iterations=31, candidates=8))
+    with pytest.raises(ValueError, match="another recipe"):
+        demo(tmp_path / "cut", config=other, progress=False, resume=True)
+
+
+def test_time_estimate_is_positive_and_scales_with_the_budget() -> None:
+    small = estimate_seconds(TINY)
+    assert (
+        0
+        < small
+        < estimate_seconds(DemoConfig(victim=TINY.victim, attack=ReconstructionConfig(iterations=3000, candidates=8)))
+    )
