@@ -148,3 +148,14 @@ def test_config_validation_messages() -> None:
         ReconstructionConfig(candidates=7)
     with pytest.raises(ValueError, match="Expected `dtype` to be one of"):
         ReconstructionConfig(dtype="float16")
+
+
+def test_non_homogeneous_victims_warn_and_unsupported_layers_fail(tmp_path) -> None:
+    model = build_model(ModelConfig(input_shape=(1, 4, 4), hidden=(8, 8), bias="all"))
+    with pytest.warns(UserWarning, match="not homogeneous"):
+        reconstruct(model, candidates=4, iterations=2, progress=False, device="cpu")
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 1, bias=False))
+    from kktrecon.models import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="only Linear, ReLU and Flatten"):
+        reconstruct(conv, candidates=4, iterations=2, progress=False, device="cpu")
