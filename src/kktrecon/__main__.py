@@ -1,0 +1,5 @@
+"""``python -m kktrecon``: the command line."""
+
+from kktrecon.cli import main
+
+main()
