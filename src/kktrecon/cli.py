@@ -85,6 +85,20 @@ def data(
 
 
 @app.command()
+def download(
+    dataset: Annotated[str, typer.Option(help="mnist or cifar10.")] = "mnist",
+    data_root: DataRoot = None,
+) -> None:
+    """Fetch a dataset's official archives (needs network), verified by SHA-256 before use."""
+    from kktrecon.data import download as fetch
+    from kktrecon.data import resolve_data_root
+
+    with _errors():
+        folder = fetch(dataset, resolve_data_root(data_root))
+    out.print(f"{dataset}: {folder}", highlight=False)
+
+
+@app.command()
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
     dataset: Annotated[str, typer.Option(help="mnist, cifar10 or toy.")] = "mnist",
