@@ -29,3 +29,24 @@ def tmp_mnist(tmp_path: Path) -> Path:
     """
     shutil.copytree(SAMPLE_ROOT / "MNIST", tmp_path / "MNIST")
     return tmp_path
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch: pytest.MonkeyPatch):
+    """``interrupt_at(module, name, call)`` makes ``module.name`` raise KeyboardInterrupt on its ``call``-th
+    call (a Ctrl-C at a chosen point) and returns a function that puts the original back."""
+
+    def install(module: object, name: str, call: int):
+        real = getattr(module, name)
+        calls = {"n": 0}
+
+        def interrupting(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, interrupting)
+        return lambda: monkeypatch.setattr(module, name, real)
+
+    return install

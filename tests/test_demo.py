@@ -36,21 +36,12 @@ def test_demo_runs_offline_and_writes_a_report(tmp_path) -> None:
         demo(tmp_path / "d", config=TINY, progress=False)
 
 
-def test_interrupted_demo_resumes_to_the_same_candidates(tmp_path, monkeypatch) -> None:
+def test_interrupted_demo_resumes_to_the_same_candidates(tmp_path, interrupt_at) -> None:
     demo(tmp_path / "full", config=TINY, progress=False)
-    real = reconstruction.attack_loss
-    calls = {"n": 0}
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 17:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(reconstruction, "attack_loss", interrupting)
+    restore = interrupt_at(reconstruction, "attack_loss", 17)
     with pytest.raises(KeyboardInterrupt):
         demo(tmp_path / "cut", config=TINY, progress=False)
-    monkeypatch.setattr(reconstruction, "attack_loss", real)
+    restore()
     demo(tmp_path / "cut", config=TINY, progress=False, resume=True)
     a = load_file(str(tmp_path / "full" / "reconstruction" / "candidates.safetensors"))
     b = load_file(str(tmp_path / "cut" / "reconstruction" / "candidates.safetensors"))

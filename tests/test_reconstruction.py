@@ -84,22 +84,12 @@ def test_outputs_and_default_candidate_count(victim_dir, tmp_path) -> None:
         reconstruct(victim_dir, out=tmp_path / "rec", **SMALL)
 
 
-def test_interrupted_then_resumed_run_is_bit_identical(victim_dir, tmp_path, monkeypatch) -> None:
+def test_interrupted_then_resumed_run_is_bit_identical(victim_dir, tmp_path, interrupt_at) -> None:
     full = reconstruct(victim_dir, out=tmp_path / "full", **SMALL)
-
-    calls = {"n": 0}
-    real = rec.attack_loss
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 13:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rec, "attack_loss", interrupting)
+    restore = interrupt_at(rec, "attack_loss", 13)
     with pytest.raises(KeyboardInterrupt):
         reconstruct(victim_dir, out=tmp_path / "cut", **SMALL)
-    monkeypatch.setattr(rec, "attack_loss", real)
+    restore()
     assert (tmp_path / "cut" / "checkpoint.safetensors").exists()
     assert not (tmp_path / "cut" / "reconstruction.json").exists()
     with pytest.raises(FileExistsError, match="--resume"):

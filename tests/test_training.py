@@ -63,23 +63,14 @@ def test_same_seed_gives_the_same_parameters() -> None:
     assert not torch.equal(a.model.layers[0].weight, c.model.layers[0].weight)
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, interrupt_at) -> None:
     full = train(TOY, device="cpu", progress=False, steps=1200)
     from kktrecon import training
 
-    real = training._loss_and_error
-    calls = {"n": 0}
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 700:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "_loss_and_error", interrupting)
+    restore = interrupt_at(training, "_loss_and_error", 700)
     with pytest.raises(KeyboardInterrupt):
         train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=1200)
-    monkeypatch.setattr(training, "_loss_and_error", real)
+    restore()
     with pytest.raises(FileExistsError, match="--resume"):
         train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=1200)
     resumed = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=1200, resume=True)
