@@ -56,21 +56,32 @@ class DemoConfig:
 
     @classmethod
     def for_toy(cls, seed: int = 0) -> DemoConfig:
+        # The reference victim (first layer N(0,1)·1e-4, default init elsewhere) at lr 0.3 fits the 4×5
+        # checkerboard in 3,000 steps with 15 of 20 points on the margin (KKT residual 0.978; victims
+        # initialised small everywhere or trained with the loss-scaled schedule either did not fit or
+        # did not reconstruct better). Without a box prior, candidates pass through training points and
+        # drift on, so the attack is short and slow: lr 3e-4, 800 iterations.
         victim = TrainConfig(
             data=DataConfig(dataset="toy", task="grid", n_per_class=10, seed=seed),
             hidden=(1000, 1000, 1000),
             bias="first",
-            init_scale=1.0,
-            lr=0.01,
+            init_scale=1e-4,
+            lr=0.3,
             steps=3_000,
-            schedule="loss-scaled",
-            max_lr_factor=1_000.0,
             seed=seed,
             eval_every=500,
             checkpoint_every=0,
         )
         attack = ReconstructionConfig(
-            candidates=100, iterations=1_500, init_scale=0.1, lr=0.01, prior_weight=0.0, seed=seed, log_every=50
+            candidates=100,
+            iterations=800,
+            init_scale=0.3,
+            lr=3e-4,
+            lambda_lr=1e-3,
+            prior_weight=0.0,
+            seed=seed,
+            checkpoint_every=200,
+            log_every=20,
         )
         return cls(victim=victim, attack=attack, toy=True)
 
