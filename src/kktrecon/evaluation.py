@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kktrecon.reconstruction import CANDIDATES_FILE
+from kktrecon.reconstruction import MANIFEST_FILE as RECONSTRUCTION_FILE
 from kktrecon.runs import (
     atomic_write_json,
     atomic_write_text,
@@ -74,8 +76,6 @@ __all__ = [
     "write_evaluation",
 ]
 
-CANDIDATES_FILE = "candidates.safetensors"
-RECONSTRUCTION_FILE = "reconstruction.json"
 METRICS_FILE = "metrics.json"
 PER_SAMPLE_FILE = "per_sample.csv"
 

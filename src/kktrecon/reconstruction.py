@@ -397,11 +397,3 @@ def _load_result(out_dir: Path, device: torch.device, dtype: torch.dtype) -> Rec
         out_dir,
         float(manifest.get("timings", {}).get("total_s", 0.0)),
     )
-
-
-def load_candidates(rec_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A reconstruction's tensors (``x``, ``lam``, ``y``) and its manifest."""
-    rec_dir = Path(rec_dir)
-    if not (rec_dir / CANDIDATES_FILE).is_file():
-        raise FileNotFoundError(f"{rec_dir} holds no {CANDIDATES_FILE}; run `kktrecon reconstruct` first.")
-    return st_load((rec_dir / CANDIDATES_FILE).read_bytes()), read_json(rec_dir / MANIFEST_FILE)
