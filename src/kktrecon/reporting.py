@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kktrecon.evaluation import METRICS_FILE, PER_SAMPLE_FILE
+from kktrecon.models import MANIFEST_FILE as VICTIM_FILE
+from kktrecon.reconstruction import MANIFEST_FILE as RECONSTRUCTION_FILE
 from kktrecon.runs import atomic_write_bytes, atomic_write_text, read_json
 
 if TYPE_CHECKING:
@@ -502,13 +505,13 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
             ``kktrecon evaluate`` first).
     """
     rec_dir = Path(rec_dir)
-    metrics_path = rec_dir / "metrics.json"
+    metrics_path = rec_dir / METRICS_FILE
     if not metrics_path.is_file():
         raise FileNotFoundError(
             f"No metrics.json in {rec_dir}: run `kktrecon evaluate {rec_dir}` first, then `kktrecon report`."
         )
     metrics = read_json(metrics_path)
-    csv_path = rec_dir / "per_sample.csv"
+    csv_path = rec_dir / PER_SAMPLE_FILE
     if not csv_path.is_file():
         raise FileNotFoundError(f"No per_sample.csv in {rec_dir}: run `kktrecon evaluate {rec_dir}` again.")
     with csv_path.open(newline="", encoding="utf-8") as fh:
@@ -540,7 +543,7 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
     parts.append("<h2>Victim</h2>")
     victim_dir = metrics.get("victim_run_dir")
     parts.append(f"<p>Run directory: <code>{_e(victim_dir)}</code></p>")
-    model_json = Path(victim_dir) / "model.json" if victim_dir else None
+    model_json = Path(victim_dir) / VICTIM_FILE if victim_dir else None
     if model_json is not None and model_json.is_file():
         manifest = read_json(model_json)
         for key, value in manifest.items():
@@ -559,9 +562,9 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
     parts.append("<h2>Reconstruction</h2>")
     rec_dirs = metrics.get("rec_dirs") or [str(rec_dir)]
     for run, directory in enumerate(rec_dirs):
-        path = Path(directory) / "reconstruction.json"
+        path = Path(directory) / RECONSTRUCTION_FILE
         if not path.is_file() and len(rec_dirs) == 1:
-            path = rec_dir / "reconstruction.json"
+            path = rec_dir / RECONSTRUCTION_FILE
         parts.append(f"<h3>run {run}: <code>{_e(directory)}</code></h3>")
         if not path.is_file():
             notes.append(f"reconstruction.json of run {run} was not found at {path}; its configuration is not shown.")
