@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 __all__ = ["Bar", "progress_bar"]
@@ -34,12 +35,15 @@ def progress_bar(description: str, *, total: int, enabled: bool = True, complete
         return
     columns = (
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[postfix]}"),
     )
-    with Progress(*columns, transient=False) as progress:
+    console = Console()
+    if not console.is_terminal:  # logs (CI, pipes): wide enough that the loss terms are not cut
+        console = Console(width=max(console.width, 140))
+    with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, completed=completed, postfix="")
         yield Bar(progress, task)
