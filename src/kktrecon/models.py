@@ -199,6 +199,28 @@ class UnsupportedModelError(ValueError):
 _SUPPORTED_LEAVES = (nn.Linear, nn.ReLU, nn.Flatten, ModifiedReLU, nn.Identity)
 
 
+def _findings(model: nn.Module) -> list[tuple[bool, str]]:
+    """(fatal, reason) pairs: unsupported layers are fatal, broken homogeneity is not."""
+    findings: list[tuple[bool, str]] = []
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for name, module in model.named_modules():
+        if len(list(module.children())) == 0 and not isinstance(module, _SUPPORTED_LEAVES):
+            findings.append(
+                (True, f"layer {name or type(module).__name__!r} is a {type(module).__name__}; only Linear, ReLU and "
+                 "Flatten are supported for now")
+            )  # fmt: skip
+    if not linears:
+        findings.append((True, "model has no Linear layer"))
+    for i, layer in enumerate(linears[1:], start=1):
+        if layer.bias is not None:
+            findings.append(
+                (False, f"Linear layer {i} has a bias: Φ is then not homogeneous in θ, so gradient descent need not "
+                 "converge to a KKT point of the max-margin problem (the theory assumes homogeneity; only a "
+                 "first-layer bias keeps it)")
+            )  # fmt: skip
+    return findings
+
+
 def validate(model: nn.Module, *, strict: bool = False) -> list[str]:
     """Every reason ``model`` does not fit the method's assumptions (empty when it fits).
 
@@ -206,23 +228,7 @@ def validate(model: nn.Module, *, strict: bool = False) -> list[str]:
     implemented for those) and for biases that break homogeneity in θ. With ``strict`` the first
     reason is raised as :class:`UnsupportedModelError`.
     """
-    reasons: list[str] = []
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    for name, module in model.named_modules():
-        if len(list(module.children())) == 0 and not isinstance(module, _SUPPORTED_LEAVES):
-            reasons.append(
-                f"layer {name or type(module).__name__!r} is a {type(module).__name__}; only Linear, ReLU and "
-                "Flatten are supported for now"
-            )
-    if not linears:
-        reasons.append("model has no Linear layer")
-    for i, layer in enumerate(linears[1:], start=1):
-        if layer.bias is not None:
-            reasons.append(
-                f"Linear layer {i} has a bias: Φ is then not homogeneous in θ, so gradient descent need not converge "
-                "to a KKT point of the max-margin problem (the theory assumes homogeneity; only a first-layer bias "
-                "keeps it)"
-            )
+    reasons = [reason for _, reason in _findings(model)]
     if strict and reasons:
         raise UnsupportedModelError(reasons[0])
     return reasons
@@ -309,8 +315,7 @@ def load_checkpoint(
 
 def warn_if_unsupported(model: nn.Module) -> None:
     """Raise on unsupported layers; warn when homogeneity is broken (the attack may still be tried)."""
-    for reason in validate(model):
-        if "not homogeneous" in reason:
-            warnings.warn(reason, UserWarning, stacklevel=3)
-        else:
+    for fatal, reason in _findings(model):
+        if fatal:
             raise UnsupportedModelError(reason)
+        warnings.warn(reason, UserWarning, stacklevel=3)
