@@ -126,10 +126,12 @@ def estimate_seconds(config: DemoConfig, *, probe_steps: int = 3) -> float:
 
     def timed(fn: Any) -> float:
         fn()  # warm-up
-        start = time.perf_counter()
+        times = []
         for _ in range(probe_steps):
+            start = time.perf_counter()
             fn()
-        return (time.perf_counter() - start) / probe_steps
+            times.append(time.perf_counter() - start)
+        return min(times)  # the least disturbed step: other load on the machine comes and goes
 
     return config.victim.steps * timed(train_step) + config.attack.iterations * timed(attack_step)
 
