@@ -10,6 +10,7 @@ import torch
 from kktrecon import reconstruction as rec
 from kktrecon.models import ModelConfig, build_model, save_checkpoint
 from kktrecon.reconstruction import ReconstructionConfig, ReconstructionDivergedError, attack_loss, reconstruct
+from kktrecon.runs import load_state
 
 
 def _linear_kkt_victim():
@@ -124,8 +125,8 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(victim_dir, tmp_pa
     monkeypatch.setattr(rec, "attack_loss", poisoned)
     with pytest.raises(ReconstructionDivergedError, match="at iteration 7; last good checkpoint: iteration 5"):
         reconstruct(victim_dir, out=tmp_path / "nan", **SMALL)
-    tensors, meta = rec._load_checkpoint(tmp_path / "nan" / "checkpoint.safetensors")
-    assert meta["iteration"] == "5" and torch.isfinite(tensors["x"]).all()
+    tensors, meta = load_state(tmp_path / "nan" / "checkpoint.safetensors")
+    assert meta["iteration"] == 5 and torch.isfinite(tensors["x"]).all()
 
 
 def test_a_diverging_step_size_is_caught(victim_dir, tmp_path) -> None:

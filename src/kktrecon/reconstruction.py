@@ -18,14 +18,12 @@ momentum, the RNG state, the loss history); a resumed run ends bit-identical to 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
@@ -38,11 +36,13 @@ from kktrecon.runs import (
     atomic_write_json,
     config_to_dict,
     dtype_name,
+    load_state,
     package_versions,
     prepare_run_dir,
     read_json,
     resolve_device,
     resolve_dtype,
+    save_state,
 )
 
 __all__ = [
@@ -198,25 +198,13 @@ def _save_checkpoint(
     seconds: float,
     config: ReconstructionConfig,
 ) -> None:
-    tensors = {"x": x.detach(), "lam": lam.detach(), "rng": gen.get_state()}
+    tensors = {"x": x, "lam": lam, "rng": gen.get_state()}
     for key, opt, p in (("momentum_x", opt_x, x), ("momentum_lam", opt_l, lam)):
         buf = _momentum(opt, p)
         if buf is not None:
             tensors[key] = buf
-    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
-    meta = {
-        "iteration": str(iteration),
-        "history": json.dumps(history),
-        "seconds": repr(seconds),
-        "config": json.dumps(config_to_dict(config)),
-    }
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
-
-
-def _load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return st_load(path.read_bytes()), meta
+    meta = {"iteration": iteration, "history": history, "seconds": seconds, "config": config_to_dict(config)}
+    save_state(path, tensors, meta)
 
 
 def reconstruct(
@@ -331,8 +319,8 @@ def _restore(
     device: torch.device,
     dtype: torch.dtype,
 ) -> tuple[int, list[dict[str, float]], float]:
-    tensors, meta = _load_checkpoint(checkpoint)
-    saved = json.loads(meta.get("config", "{}"))
+    tensors, meta = load_state(checkpoint)
+    saved = meta.get("config", {})
     mine = config_to_dict(config)
     differs = sorted(k for k in mine if k not in ("iterations", "checkpoint_every") and saved.get(k) != mine[k])
     if differs:
@@ -351,7 +339,7 @@ def _restore(
         if key in tensors:
             opt.state[p]["momentum_buffer"] = tensors[key].to(device=device, dtype=dtype)
     gen.set_state(tensors["rng"])
-    return int(meta["iteration"]), json.loads(meta["history"]), float(meta["seconds"])
+    return meta["iteration"], meta["history"], meta["seconds"]
 
 
 def _write_result(

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
 
 __all__ = [
     "DTYPES",
@@ -27,11 +29,13 @@ __all__ = [
     "atomic_write_text",
     "config_from_dict",
     "config_to_dict",
+    "load_state",
     "package_versions",
     "prepare_run_dir",
     "read_json",
     "resolve_device",
     "resolve_dtype",
+    "save_state",
 ]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -94,6 +98,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def save_state(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """A resumable checkpoint: one safetensors file of ``tensors`` with ``meta`` as JSON in its header."""
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(cpu, metadata={"state": json.dumps(meta, default=_json_default)}))
+
+
+def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and ``meta`` of a :func:`save_state` checkpoint, read in one pass."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("state", "{}"))
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
+    return tensors, meta
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

@@ -21,21 +21,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from kktrecon.data import DataConfig, Dataset, load_dataset
 from kktrecon.models import MANIFEST_FILE, MLP, ModelConfig, build_model, load_checkpoint, save_checkpoint
 from kktrecon.progress import progress_bar
 from kktrecon.runs import (
-    atomic_write_bytes,
     config_from_dict,
     config_to_dict,
+    load_state,
     package_versions,
     prepare_run_dir,
     register_nested,
     resolve_device,
     resolve_dtype,
+    save_state,
 )
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "train"]
@@ -173,26 +172,15 @@ def evaluate_model(model: MLP, data: Dataset) -> dict[str, Any]:
 
 
 def _save_state(run_dir: Path, model: MLP, step: int, history: list[dict[str, float]], elapsed: float) -> None:
-    import json
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"step": str(step), "history": json.dumps(history), "elapsed": repr(elapsed)}
-    atomic_write_bytes(run_dir / STATE_FILE, st_save(tensors, metadata=meta))
+    save_state(run_dir / STATE_FILE, model.state_dict(), {"step": step, "history": history, "elapsed": elapsed})
 
 
 def _load_state(run_dir: Path, model: MLP) -> tuple[int, list[dict[str, float]], float]:
-    import json
-
-    from safetensors import safe_open
-
-    path = run_dir / STATE_FILE
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata()
-    tensors = st_load(path.read_bytes())
+    tensors, meta = load_state(run_dir / STATE_FILE)
     with torch.no_grad():
         for k, v in model.state_dict().items():
             v.copy_(tensors[k])
-    return int(meta["step"]), json.loads(meta["history"]), float(meta["elapsed"])
+    return meta["step"], meta["history"], meta["elapsed"]
 
 
 def train(
