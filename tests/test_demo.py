@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kktrecon import reconstruction
+from kktrecon.attack import ReconstructionConfig
+from kktrecon.attack import engine as reconstruction
 from kktrecon.data import DataConfig
 from kktrecon.demo import DemoConfig, demo, estimate_seconds
-from kktrecon.reconstruction import ReconstructionConfig
 from kktrecon.runs import RunDirectoryExistsError
 from kktrecon.training import TrainConfig
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from kktrecon.data import SAMPLE_ROOT, DataConfig
-from kktrecon.kkt import diagnose
+from kktrecon.errors import RunStateError
 from kktrecon.models import load_checkpoint
 from kktrecon.runs import RunDirectoryExistsError
 from kktrecon.training import TrainConfig, train
+from kktrecon.victims import diagnose
 
 TOY = TrainConfig(
     data=DataConfig(dataset="toy", task="grid", n_per_class=10),
@@ -47,7 +49,9 @@ def test_run_directory_reloads_identically_and_records_metrics(tmp_path) -> None
         assert key in manifest["metrics"]
     assert manifest["data"]["dataset"] == "toy" and manifest["training"]["steps"] == TOY.steps
     assert {"torch", "kktrecon"} <= set(manifest["versions"])
-    assert not (tmp_path / "v" / "train_state.safetensors").exists()
+    assert (
+        tmp_path / "v" / "train_state.safetensors"
+    ).exists()  # the final state, kept so that the run can be extended
     with pytest.raises(RunDirectoryExistsError, match="--force"):
         train(TOY, out=tmp_path / "v", device="cpu", progress=False)
     train(TOY, out=tmp_path / "v", device="cpu", progress=False, force=True, steps=10)
@@ -109,3 +113,61 @@ def test_bad_configs_are_refused() -> None:
         from kktrecon.data import load_dataset
 
         train(TOY, data=load_dataset(MNIST_SMALL.data, data_root=SAMPLE_ROOT), progress=False)
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_finished_run_extends_bit_identically_and_never_shrinks(tmp_path) -> None:
+    full = train(TOY, out=tmp_path / "full", device="cpu", progress=False, steps=800)
+    train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=500)
+    same = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=500, resume=True)
+    assert same.metrics["steps"] == 500  # the finished run, returned as it is
+    longer = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=800, resume=True)
+    assert _same_weights(longer.model, full.model)
+    assert longer.history == full.history
+    manifest = json.loads((tmp_path / "v" / "model.json").read_text())
+    assert manifest["training"]["steps"] == 800 and manifest["metrics"]["steps"] == 800
+    with pytest.raises(RunStateError, match="extended, not shortened"):
+        train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=300, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"lr": 0.07}, "lr"),
+        ({"seed": 3}, "seed"),
+        ({"hidden": (32, 32)}, "hidden"),
+        ({"data": DataConfig(dataset="toy", task="spiral", n_per_class=10)}, "data"),
+    ],
+)
+def test_resume_refuses_another_recipe(tmp_path, interrupt_at, change, field) -> None:
+    from kktrecon import training
+
+    restore = interrupt_at(training, "_loss_and_error", 600)
+    with pytest.raises(KeyboardInterrupt):
+        train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=1200)
+    restore()
+    changed = dataclasses.replace(TOY, **change)
+    with pytest.raises(RunStateError, match=rf"differs in \['{field}'\]"):
+        train(changed, out=tmp_path / "v", device="cpu", progress=False, steps=1200, resume=True)
+    finished = train(TOY, out=tmp_path / "w", device="cpu", progress=False, steps=100)
+    assert finished.metrics["steps"] == 100
+    with pytest.raises(RunStateError, match=rf"differs in \['{field}'\]"):
+        train(changed, out=tmp_path / "w", device="cpu", progress=False, steps=100, resume=True)
+
+
+def test_force_deletes_the_old_run_before_starting(tmp_path, interrupt_at) -> None:
+    from kktrecon import training
+
+    train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=100, seed=5)
+    restore = interrupt_at(training, "_loss_and_error", 50)
+    with pytest.raises(KeyboardInterrupt):
+        train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=100, seed=7, force=True)
+    restore()
+    assert not (tmp_path / "v" / "model.json").exists()  # the seed-5 result is gone, not waiting to be returned
+    resumed = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=100, seed=7, resume=True)
+    fresh = train(TOY, device="cpu", progress=False, steps=100, seed=7)
+    assert _same_weights(resumed.model, fresh.model)
+    assert json.loads((tmp_path / "v" / "model.json").read_text())["seed"] == 7

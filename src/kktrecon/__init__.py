@@ -6,8 +6,10 @@ gradient descent on the logistic loss sits near a KKT point of the max-margin pr
 parameters are a non-negative combination of per-sample gradients at the training points; the
 attack searches for inputs whose gradients explain the parameters.
 
-The public API is one function per stage; each lives in the module named for its stage and is
-imported on first use, so ``import kktrecon`` stays cheap.
+The public API is one function per stage — :func:`train`, :func:`diagnose`, :func:`reconstruct`,
+:func:`evaluate`, :func:`report` — with the frozen config dataclasses they take. Each lives in the
+package named for its stage and is imported on first use, so ``import kktrecon`` stays cheap; the
+command line (``kktrecon.cli``) is a thin layer over these functions.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ _EXPORTS: dict[str, str] = {
     "load_checkpoint": "kktrecon.models",
     "TrainConfig": "kktrecon.training",
     "train": "kktrecon.training",
-    "diagnose": "kktrecon.kkt",
-    "ReconstructionConfig": "kktrecon.reconstruction",
-    "reconstruct": "kktrecon.reconstruction",
+    "diagnose": "kktrecon.victims",
+    "ReconstructionConfig": "kktrecon.attack",
+    "reconstruct": "kktrecon.attack",
+    "EvaluationConfig": "kktrecon.evaluation",
     "evaluate": "kktrecon.evaluation",
     "report": "kktrecon.reporting",
+    "KKTReconError": "kktrecon.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

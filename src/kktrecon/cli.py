@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from kktrecon.errors import KKTReconError
+
 app = typer.Typer(
     name="kktrecon",
     help="Reconstruct training data from trained neural networks (Haim et al., NeurIPS 2022).",
@@ -36,13 +38,17 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on s
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Library errors become a one-line message and exit code 1; Ctrl-C says how to resume."""
+    """Library errors become a one-line message and exit code 1; Ctrl-C says how to resume.
+
+    Every error kktrecon raises on purpose is a :class:`KKTReconError`; OSErrors (permissions, a
+    full disk) are the user's to fix too. Anything else is a bug and keeps its traceback.
+    """
     try:
         yield
     except KeyboardInterrupt:
         err.print("[yellow]Interrupted.[/] Checkpoints are kept; rerun the same command with --resume to continue.")
         raise typer.Exit(130) from None
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, NotImplementedError) as exc:
+    except (KKTReconError, OSError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
@@ -150,7 +156,7 @@ def diagnose(
     as_json: AsJson = False,
 ) -> None:
     """How close a victim is to a KKT point: fit λ ≥ 0 by NNLS and report ‖θ − Σλᵢyᵢ∇Φ(xᵢ)‖/‖θ‖."""
-    from kktrecon.kkt import diagnose as run_diagnosis
+    from kktrecon.victims import diagnose as run_diagnosis
 
     with _errors():
         d = run_diagnosis(run_dir, data_root=data_root, device=device)
@@ -189,8 +195,8 @@ def reconstruct(
     force: Force = False,
 ) -> None:
     """Run the KKT reconstruction attack on a victim's weights (it never reads training images)."""
-    from kktrecon.reconstruction import ReconstructionConfig
-    from kktrecon.reconstruction import reconstruct as run_attack
+    from kktrecon.attack import ReconstructionConfig
+    from kktrecon.attack import reconstruct as run_attack
 
     with _errors():
         config = ReconstructionConfig(

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state, reconstruct
 from kktrecon.data import SAMPLE_ROOT, DataConfig
+from kktrecon.errors import RunStateError
 from kktrecon.evaluation import evaluate
 from kktrecon.models import ModelConfig, build_model, with_modified_relu
-from kktrecon.reconstruction import ReconstructionConfig, attack_loss, initial_state, reconstruct
 from kktrecon.reporting import headline, report
 from kktrecon.runs import atomic_write_json, config_to_dict, prepare_run_dir, read_json, resolve_dtype
 from kktrecon.training import TrainConfig, train
@@ -169,7 +170,7 @@ def demo(
     if resume and (out / DEMO_FILE).exists():
         saved = read_json(out / DEMO_FILE)["config"]
         if saved != config_to_dict(config):
-            raise ValueError(f"Cannot resume {out}: it was started with another recipe (other --seed or --toy?).")
+            raise RunStateError(f"Cannot resume {out}: it was started with another recipe (other --seed or --toy?).")
     else:
         prepare_run_dir(out, force=force, marker=DEMO_FILE)
         if force:

@@ -13,48 +13,74 @@ import os
 import platform
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from kktrecon.errors import CheckpointError, ConfigError, RunDirectoryExistsError, RunFileNotFoundError, RunStateError
+
 __all__ = [
+    "ATTACK_STATE_FILE",
+    "CANDIDATES_FILE",
     "DTYPES",
+    "METRICS_FILE",
+    "PER_SAMPLE_FILE",
+    "RECONSTRUCTION_FILE",
+    "REPORT_FILE",
+    "TRAIN_STATE_FILE",
+    "VICTIM_FILE",
+    "VICTIM_WEIGHTS_FILE",
+    "Run",
     "RunDirectoryExistsError",
+    "RunKind",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_resumable",
     "config_from_dict",
     "config_to_dict",
+    "dtype_name",
     "load_state",
+    "open_run",
     "package_versions",
     "prepare_run_dir",
     "read_json",
+    "register_nested",
     "resolve_device",
     "resolve_dtype",
+    "same_length",
     "save_state",
 ]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
+# The files of each kind of run directory, named once: every stage reads the others' files by these.
+VICTIM_WEIGHTS_FILE = "model.safetensors"  # a victim's weights (safetensors, nothing else)
+VICTIM_FILE = "model.json"  # a victim's manifest: recipe, data, metrics; written last
+TRAIN_STATE_FILE = "train_state.safetensors"  # resumable training state
+CANDIDATES_FILE = "candidates.safetensors"  # an attack's candidates x, multipliers λ, labels y
+RECONSTRUCTION_FILE = "reconstruction.json"  # an attack's manifest; written last
+ATTACK_STATE_FILE = "checkpoint.safetensors"  # resumable attack state
+METRICS_FILE = "metrics.json"  # an evaluation's summary
+PER_SAMPLE_FILE = "per_sample.csv"  # an evaluation's row per training sample
+REPORT_FILE = "report.html"
+
 C = TypeVar("C")
-
-
-class RunDirectoryExistsError(FileExistsError):
-    """A run directory already holds results and overwriting was not asked for."""
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     """Map a dtype name (``float32``/``float64``) to a torch dtype; unknown names list the choices."""
     if isinstance(name, torch.dtype):
         if name not in DTYPES.values():
-            raise ValueError(f"Expected `dtype` to be one of {sorted(DTYPES)}. Got {name}.")
+            raise ConfigError(f"Expected `dtype` to be one of {sorted(DTYPES)}. Got {name}.")
         return name
     if name not in DTYPES:
-        raise ValueError(f"Expected `dtype` to be one of {sorted(DTYPES)}. Got {name!r}.")
+        raise ConfigError(f"Expected `dtype` to be one of {sorted(DTYPES)}. Got {name!r}.")
     return DTYPES[name]
 
 
@@ -71,7 +97,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Expected `device` to be available. Got {name!r} but CUDA is not available here.")
+        raise ConfigError(f"Expected `device` to be available. Got {name!r} but CUDA is not available here.")
     return device
 
 
@@ -118,13 +144,13 @@ def read_json(path: str | Path) -> dict[str, Any]:
     """Read a JSON object, with an error that names the file when it is missing or corrupt."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Expected a JSON file at {path}, but there is none.")
+        raise RunFileNotFoundError(f"Expected a JSON file at {path}, but there is none.")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
+        raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
     if not isinstance(obj, dict):
-        raise ValueError(f"Expected {path} to hold a JSON object. Got {type(obj).__name__}.")
+        raise CheckpointError(f"Expected {path} to hold a JSON object. Got {type(obj).__name__}.")
     return obj
 
 
@@ -152,7 +178,7 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"Unknown keys for {cls.__name__}: {unknown}. Expected a subset of {sorted(fields)}.")
+        raise ConfigError(f"Unknown keys for {cls.__name__}: {unknown}. Expected a subset of {sorted(fields)}.")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         default = getattr(cls, "__dataclass_fields__")[name].default  # noqa: B009
@@ -182,6 +208,113 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """The files a kind of run directory holds.
+
+    Attributes:
+        manifest: written last, atomically: its presence marks a finished run.
+        state: the resumable state, rewritten at every checkpoint and kept at the end, so that a
+            finished run can be extended bit-identically to an uninterrupted longer run.
+        outputs: the other files the run writes (removed with the rest by ``force``).
+    """
+
+    manifest: str
+    state: str
+    outputs: tuple[str, ...] = ()
+
+
+#: How a run directory was found when it was opened.
+RunStatus = Literal["new", "unfinished", "finished"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """An opened run directory: where it is, what it holds, and in which state it was found."""
+
+    path: Path
+    kind: RunKind
+    status: RunStatus
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / self.kind.manifest
+
+    @property
+    def state(self) -> Path:
+        return self.path / self.kind.state
+
+
+def open_run(path: str | Path, kind: RunKind, *, force: bool = False, resume: bool = False) -> Run:
+    """Open ``path`` for a run of ``kind``: the one set of force / resume rules every stage follows.
+
+    - a new or empty directory (or one holding unrelated files) starts a new run;
+    - ``force`` deletes the run's own files first, so nothing of an earlier run can be mistaken
+      for this one's, then starts over;
+    - ``resume`` continues an unfinished run or opens a finished one (the caller compares configs
+      and returns it, extends it, or refuses);
+    - without either, a directory holding a run (finished or not) is refused.
+
+    Raises:
+        ConfigError: both ``force`` and ``resume``.
+        RunDirectoryExistsError: the directory holds a run and neither flag was given.
+    """
+    if force and resume:
+        raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
+    path = Path(path)
+    finished = (path / kind.manifest).exists()
+    unfinished = not finished and (path / kind.state).exists()
+    if force:
+        for name in (kind.manifest, kind.state, *kind.outputs):
+            (path / name).unlink(missing_ok=True)
+    elif finished and not resume:
+        raise RunDirectoryExistsError(
+            f"{path} already holds a finished run ({kind.manifest} exists). Choose another directory, pass "
+            "--resume to return or extend it, or --force to overwrite it."
+        )
+    elif unfinished and not resume:
+        raise RunDirectoryExistsError(
+            f"{path} holds an unfinished run ({kind.state} exists); pass --resume to continue or --force to start over."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    status: RunStatus = "new" if force else "finished" if finished else "unfinished" if unfinished else "new"
+    return Run(path=path, kind=kind, status=status)
+
+
+def check_resumable(
+    saved: Mapping[str, Any], current: Mapping[str, Any], *, where: Path, free: tuple[str, ...]
+) -> None:
+    """Refuse to resume when a recorded config differs from the current one outside the ``free`` keys.
+
+    Raises:
+        RunStateError: the configs differ; the message lists each differing key with both values.
+    """
+    keys = sorted((set(saved) | set(current)) - set(free))
+    differs = [k for k in keys if saved.get(k) != current.get(k)]
+    if differs:
+        raise RunStateError(
+            f"Cannot resume {where}: its config differs in {differs} (then {[saved.get(k) for k in differs]}, "
+            f"now {[current.get(k) for k in differs]}). Pass the original settings, or --force to start over."
+        )
+
+
+def same_length(run: Run, *, done: int, requested: int, unit: str) -> bool:
+    """Whether a finished run of ``done`` steps is exactly the ``requested`` one (False: extend it).
+
+    Raises:
+        RunStateError: ``requested`` is shorter (a run is extended, never shortened), or longer
+            while the final state needed to extend it is gone.
+    """
+    if done > requested:
+        raise RunStateError(
+            f"Cannot resume {run.path} at {requested} {unit}: it finished at {done}. "
+            "A run can be extended, not shortened; pass --force to start over."
+        )
+    if done < requested and not run.state.exists():
+        raise RunStateError(f"Cannot extend {run.path}: its final state ({run.kind.state}) is gone; pass --force.")
+    return done == requested
 
 
 def prepare_run_dir(path: str | Path, *, force: bool = False, marker: str) -> Path:

@@ -20,26 +20,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
+from kktrecon.attack.objectives import default_objective
 from kktrecon.data import DataConfig, Dataset, load_dataset
-from kktrecon.models import MANIFEST_FILE, MLP, ModelConfig, build_model, load_checkpoint, save_checkpoint
+from kktrecon.errors import ConfigError, RunStateError, TrainingDivergedError
+from kktrecon.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
 from kktrecon.progress import progress_bar
 from kktrecon.runs import (
+    TRAIN_STATE_FILE,
+    VICTIM_FILE,
+    VICTIM_WEIGHTS_FILE,
+    Run,
+    RunKind,
+    check_resumable,
     config_from_dict,
     config_to_dict,
     load_state,
+    open_run,
     package_versions,
-    prepare_run_dir,
     register_nested,
     resolve_device,
     resolve_dtype,
+    same_length,
     save_state,
 )
 
 __all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "train"]
-
-STATE_FILE = "train_state.safetensors"
 
 
 def _constant(lr: float, loss: float, initial_loss: float, cap: float) -> float:
@@ -96,18 +103,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"Expected `schedule` to be one of {sorted(SCHEDULES)}. Got {self.schedule!r}.")
+            raise ConfigError(f"Expected `schedule` to be one of {sorted(SCHEDULES)}. Got {self.schedule!r}.")
         resolve_dtype(self.dtype)
         if self.steps < 0:
-            raise ValueError(f"Expected `steps` >= 0. Got {self.steps}.")
+            raise ConfigError(f"Expected `steps` >= 0. Got {self.steps}.")
         if not self.lr > 0:
-            raise ValueError(f"Expected `lr` > 0. Got {self.lr}.")
+            raise ConfigError(f"Expected `lr` > 0. Got {self.lr}.")
         if self.eval_every < 1:
-            raise ValueError(f"Expected `eval_every` >= 1. Got {self.eval_every}.")
+            raise ConfigError(f"Expected `eval_every` >= 1. Got {self.eval_every}.")
         if self.checkpoint_every < 0:
-            raise ValueError(f"Expected `checkpoint_every` >= 0. Got {self.checkpoint_every}.")
+            raise ConfigError(f"Expected `checkpoint_every` >= 0. Got {self.checkpoint_every}.")
         if self.loss_threshold is not None and not self.loss_threshold > 0:
-            raise ValueError(f"Expected `loss_threshold` > 0 or None. Got {self.loss_threshold}.")
+            raise ConfigError(f"Expected `loss_threshold` > 0 or None. Got {self.loss_threshold}.")
 
     def model_config(self, data: Dataset) -> ModelConfig:
         outputs = 1 if data.num_classes == 2 else data.num_classes
@@ -128,27 +135,21 @@ register_nested("TrainConfig", "data", DataConfig)
 class TrainResult:
     """A trained victim, where it was saved, and what was measured."""
 
-    model: MLP
+    model: nn.Module
     metrics: dict[str, Any]
     history: list[dict[str, float]]
     run_dir: Path | None
 
 
-def _loss_and_error(model: MLP, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logistic loss (BCE on the logit; cross-entropy for K outputs), its output, and the error rate."""
+def _loss_and_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objective's training loss (BCE on the logit; cross-entropy for K outputs) and the error rate."""
     out = model(x)
-    if out.shape[1] == 1:
-        logit = out[:, 0]
-        loss = F.binary_cross_entropy_with_logits(logit, y.to(logit.dtype))
-        pred = (logit > 0).long()
-    else:
-        loss = F.cross_entropy(out, y)
-        pred = out.argmax(dim=1)
-    return loss, (pred != y).to(out.dtype).mean()
+    objective = default_objective(out.shape[1])
+    return objective.training_loss(out, y), (objective.predictions(out) != y).to(out.dtype).mean()
 
 
 @torch.no_grad()
-def evaluate_model(model: MLP, data: Dataset) -> dict[str, Any]:
+def evaluate_model(model: nn.Module, data: Dataset) -> dict[str, Any]:
     """Training loss and error, test accuracy, and per-sample outputs and margins yᵢΦ(xᵢ)."""
     loss, err = _loss_and_error(model, data.x_train, data.y_train)
     out = model(data.x_train)
@@ -158,29 +159,45 @@ def evaluate_model(model: MLP, data: Dataset) -> dict[str, Any]:
         metrics["test_accuracy"] = 1.0 - float(test_err)
     else:
         metrics["test_accuracy"] = None
-    if out.shape[1] == 1:
-        margins = data.signs.to(out.dtype) * out[:, 0]
-        metrics["outputs"] = out[:, 0].tolist()
-    else:
-        true = out.gather(1, data.y_train[:, None])[:, 0]
-        others = out.scatter(1, data.y_train[:, None], float("-inf")).max(dim=1).values
-        margins = true - others
-        metrics["outputs"] = out.tolist()
+    margins = default_objective(out.shape[1]).margins(out, data.y_train)
+    metrics["outputs"] = out[:, 0].tolist() if out.shape[1] == 1 else out.tolist()
     metrics["margins"] = margins.tolist()
     metrics["min_margin"] = float(margins.min())
     return metrics
 
 
-def _save_state(run_dir: Path, model: MLP, step: int, history: list[dict[str, float]], elapsed: float) -> None:
-    save_state(run_dir / STATE_FILE, model.state_dict(), {"step": step, "history": history, "elapsed": elapsed})
+#: A victim run directory: weights + manifest when finished, the resumable state kept beside them.
+VICTIM_RUN = RunKind(manifest=VICTIM_FILE, state=TRAIN_STATE_FILE, outputs=(VICTIM_WEIGHTS_FILE,))
+# Config fields that may change between a run and its continuation: the budget and how often it saves.
+_FREE_ON_RESUME = ("steps", "checkpoint_every")
 
 
-def _load_state(run_dir: Path, model: MLP) -> tuple[int, list[dict[str, float]], float]:
-    tensors, meta = load_state(run_dir / STATE_FILE)
+@dataclass
+class _Progress:
+    """Where a training run stands: steps done, the loss curve so far, seconds spent."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
+def _save_state(path: Path, model: nn.Module, progress: _Progress, config: TrainConfig) -> None:
+    meta = {"step": progress.step, "history": progress.history, "elapsed": progress.elapsed}
+    save_state(path, model.state_dict(), {**meta, "config": config_to_dict(config)})
+
+
+def _load_state(path: Path, model: nn.Module, config: TrainConfig) -> _Progress:
+    tensors, meta = load_state(path)
+    check_resumable(meta.get("config", {}), config_to_dict(config), where=path.parent, free=_FREE_ON_RESUME)
+    if meta["step"] > config.steps:
+        raise RunStateError(
+            f"Cannot resume {path.parent} at {config.steps} steps: it has already run {meta['step']}. "
+            f"Ask for at least {meta['step']} steps, or pass --force to start over."
+        )
     with torch.no_grad():
         for k, v in model.state_dict().items():
             v.copy_(tensors[k])
-    return meta["step"], meta["history"], meta["elapsed"]
+    return _Progress(meta["step"], meta["history"], meta["elapsed"])
 
 
 def train(
@@ -203,8 +220,9 @@ def train(
         data: an already loaded training set (must match ``config.data``); loaded otherwise.
         data_root: where the data layer reads the dataset from.
         device: ``auto`` picks CUDA when present.
-        force: overwrite an existing run in ``out``.
-        resume: continue from ``out``'s last checkpoint.
+        force: delete an existing run in ``out`` and start over.
+        resume: continue an interrupted run in ``out``; on a finished run, return it when ``steps``
+            is unchanged and extend it (bit-identically to an uninterrupted run) when larger.
         progress: show a progress bar.
 
     Returns:
@@ -213,7 +231,8 @@ def train(
 
     Raises:
         RunDirectoryExistsError: ``out`` holds a run and neither ``force`` nor ``resume`` was given.
-        FloatingPointError: the loss became NaN or Inf.
+        RunStateError: resuming with another recipe, or with fewer steps than already run.
+        TrainingDivergedError: the loss became NaN or Inf.
     """
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     dev = resolve_device(device)
@@ -221,48 +240,75 @@ def train(
     if data is None:
         data = load_dataset(config.data, data_root=data_root, dtype=dtype, device=dev)
     elif data.config != config.data:
-        raise ValueError(f"Expected `data` loaded with {config.data}. Got {data.config}.")
+        raise ConfigError(f"Expected `data` loaded with {config.data}. Got {data.config}.")
     data = _on(data, dev, dtype)
-    run_dir = None
-    if out is not None:
-        run_dir = prepare_run_dir(out, force=force or resume, marker=MANIFEST_FILE)
-        if not resume and (run_dir / STATE_FILE).exists() and not force:
-            raise FileExistsError(f"{run_dir} holds an unfinished run; pass --resume to continue or --force.")
+    run = open_run(out, VICTIM_RUN, force=force, resume=resume) if out is not None else None
     model = build_model(config.model_config(data), seed=config.seed, device=dev, dtype=dtype)
+    state = _Progress()
+    if run is not None and run.status == "finished":
+        finished = _finished_result(run, config, dev, dtype)
+        if finished is not None:
+            return finished
+    if run is not None and run.status != "new":
+        state = _load_state(run.state, model, config)
+    _fit(model, data, config, state, run.state if run is not None else None, progress=progress)
+    metrics = evaluate_model(model, data)
+    if not math.isfinite(metrics["train_loss"]):
+        raise TrainingDivergedError(
+            f"Training loss became {metrics['train_loss']} by step {state.step}; lower the step size."
+        )
+    metrics.update({"steps": state.step, "time_s": state.elapsed, "n_train": len(data.x_train)})
+    history = [
+        *state.history,
+        {"step": state.step, "loss": metrics["train_loss"], "train_error": metrics["train_error"]},
+    ]
+    if run is not None:
+        save_checkpoint(run.path, model, _manifest(config, data, dev, metrics, history))
+    return TrainResult(model, metrics, history, run.path if run is not None else None)
 
-    step, history, elapsed = 0, [], 0.0
-    if resume and run_dir is not None:
-        if (run_dir / MANIFEST_FILE).exists() and not (run_dir / STATE_FILE).exists():
-            model, manifest = load_checkpoint(run_dir, device=dev, dtype=dtype)
-            return TrainResult(model, manifest["metrics"], manifest.get("history", []), run_dir)
-        if (run_dir / STATE_FILE).exists():
-            step, history, elapsed = _load_state(run_dir, model)
 
+def _finished_result(run: Run, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> TrainResult | None:
+    """The finished run in ``run`` when it ran exactly ``config``; None when it is to be extended."""
+    model, manifest = load_checkpoint(run.path, device=device, dtype=dtype)
+    recorded = manifest.get("training", {})
+    check_resumable(recorded, config_to_dict(config), where=run.path, free=_FREE_ON_RESUME)
+    if same_length(run, done=int(recorded.get("steps", -1)), requested=config.steps, unit="steps"):
+        return TrainResult(model, manifest["metrics"], manifest.get("history", []), run.path)
+    return None
+
+
+def _fit(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    state: _Progress,
+    checkpoint: Path | None,
+    *,
+    progress: bool,
+) -> None:
+    """Full-batch gradient descent from ``state`` to ``config.steps`` (or the loss threshold), in place."""
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.0)
     schedule = SCHEDULES[config.schedule]
-    initial_loss: float | None = history[0]["loss"] if history else None
-    start = time.perf_counter() - elapsed
+    initial_loss: float | None = state.history[0]["loss"] if state.history else None
+    start = time.perf_counter() - state.elapsed
     loss_value = float("nan")
     needs_loss = config.schedule != "constant" or config.loss_threshold is not None
-    with progress_bar("train", total=config.steps, enabled=progress, completed=step) as bar:
-        while step < config.steps:
+    with progress_bar("train", total=config.steps, enabled=progress, completed=state.step) as bar:
+        while state.step < config.steps:
             loss, err = _loss_and_error(model, data.x_train, data.y_train)
             # Reading the loss synchronises a GPU: only where the schedule, the threshold or the log needs it.
-            logging = step % config.eval_every == 0
+            logging = state.step % config.eval_every == 0
             if logging or needs_loss:
                 loss_value = float(loss.detach())
                 if initial_loss is None:
                     initial_loss = loss_value
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"Training loss became {loss_value} at step {step}; lower the step size.")
+                    raise TrainingDivergedError(
+                        f"Training loss became {loss_value} at step {state.step}; lower the step size."
+                    )
             if logging:
-                point = {"step": step, "loss": loss_value, "train_error": float(err)}
-                if len(data.x_test):
-                    with torch.no_grad():
-                        _, test_err = _loss_and_error(model, data.x_test, data.y_test)
-                    point["test_accuracy"] = 1.0 - float(test_err)
-                history.append(point)
-                bar.update(postfix=_postfix(point))
+                state.history.append(_log_point(model, data, state.step, loss_value, float(err)))
+                bar.update(postfix=_postfix(state.history[-1]))
             if config.loss_threshold is not None and loss_value < config.loss_threshold:
                 break
             if needs_loss:
@@ -271,34 +317,45 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            step += 1
+            state.step += 1
             bar.advance(1)
-            if run_dir is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                _save_state(run_dir, model, step, history, time.perf_counter() - start)
+            if checkpoint is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                state.elapsed = time.perf_counter() - start
+                _save_state(checkpoint, model, state, config)
+    state.elapsed = time.perf_counter() - start
+    if checkpoint is not None:  # kept after the end, so that the run can be extended
+        _save_state(checkpoint, model, state, config)
 
-    seconds = time.perf_counter() - start
-    metrics = evaluate_model(model, data)
-    if not math.isfinite(metrics["train_loss"]):
-        raise FloatingPointError(f"Training loss became {metrics['train_loss']} by step {step}; lower the step size.")
-    metrics.update({"steps": step, "time_s": seconds, "n_train": len(data.x_train)})
-    history.append({"step": step, "loss": metrics["train_loss"], "train_error": metrics["train_error"]})
-    if run_dir is not None:
-        manifest = {
-            "format": "kktrecon.victim/1",
-            "training": config_to_dict(config),
-            "data": config_to_dict(config.data),
-            "data_root": data.data_root,
-            "train_indices": data.train_indices.tolist(),
-            "train_mean": data.mean.reshape(-1).tolist(),
-            "seed": config.seed,
-            "device": str(dev),
-            "versions": package_versions(),
-            "metrics": metrics,
-            "history": history,
-        }
-        save_checkpoint(run_dir, model, manifest)
-        (run_dir / STATE_FILE).unlink(missing_ok=True)
-    return TrainResult(model, metrics, history, run_dir)
+
+def _log_point(model: nn.Module, data: Dataset, step: int, loss: float, err: float) -> dict[str, float]:
+    point = {"step": step, "loss": loss, "train_error": err}
+    if len(data.x_test):
+        with torch.no_grad():
+            _, test_err = _loss_and_error(model, data.x_test, data.y_test)
+        point["test_accuracy"] = 1.0 - float(test_err)
+    return point
+
+
+def _manifest(
+    config: TrainConfig,
+    data: Dataset,
+    device: torch.device,
+    metrics: dict[str, Any],
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
+    return {
+        "format": "kktrecon.victim/1",
+        "training": config_to_dict(config),
+        "data": config_to_dict(config.data),
+        "data_root": data.data_root,
+        "train_indices": data.train_indices.tolist(),
+        "train_mean": data.mean.reshape(-1).tolist(),
+        "seed": config.seed,
+        "device": str(device),
+        "versions": package_versions(),
+        "metrics": metrics,
+        "history": history,
+    }
 
 
 def _on(data: Dataset, device: torch.device, dtype: torch.dtype) -> Dataset:

@@ -1,0 +1,55 @@
+"""Evaluation: which training samples did a reconstruction recover, and how well.
+
+Implements the evaluation protocol of Haim, Vardi, Yehudai, Shamir & Irani, *Reconstructing Training
+Data from Trained Neural Networks* (NeurIPS 2022), §5 and the released code
+(``nivha/dataset_reconstruction``, ``evaluations.py``), and reads every count against a baseline.
+
+What lives here (pure functions on tensors apart from the file-level pipeline):
+
+- ``matching.py``: NCC distance (CIFAR-10 at half resolution) and nearest / best-buddy matching.
+- ``scores.py``: SSIM (kornia, window 3) as the paper (min-max) and scale-aligned, PSNR, summaries.
+- ``verdict.py``: baselines a count is read against: the chance level of look-alike training images.
+- ``toy.py``: the 2-D toy's score: points with a candidate nearby, on and off the margin.
+- ``outputs.py``: the victim's outputs and margins on its training samples.
+- ``candidates.py``: reading and pooling reconstruction directories of one victim.
+- ``pipeline.py``: :func:`evaluate_candidates` (in memory) and :func:`evaluate` (files in, metrics,
+  ``per_sample.csv`` and figures out).
+
+What does not: drawing (``kktrecon.reporting``, which never imports this package) and the attack.
+"""
+
+from __future__ import annotations
+
+from kktrecon.errors import VictimMismatchError
+from kktrecon.evaluation.candidates import load_candidates
+from kktrecon.evaluation.matching import match_nearest, ncc_distance
+from kktrecon.evaluation.pipeline import (
+    EvaluationConfig,
+    EvaluationResult,
+    evaluate,
+    evaluate_candidates,
+    write_evaluation,
+)
+from kktrecon.evaluation.scores import SSIM_WINDOW, Scores, align_scale, score_candidates, ssim_per_image
+from kktrecon.evaluation.toy import ToyScores, score_toy
+from kktrecon.evaluation.verdict import chance_level
+
+__all__ = [
+    "SSIM_WINDOW",
+    "EvaluationConfig",
+    "EvaluationResult",
+    "Scores",
+    "ToyScores",
+    "VictimMismatchError",
+    "align_scale",
+    "chance_level",
+    "evaluate",
+    "evaluate_candidates",
+    "load_candidates",
+    "match_nearest",
+    "ncc_distance",
+    "score_candidates",
+    "score_toy",
+    "ssim_per_image",
+    "write_evaluation",
+]

@@ -1,0 +1,60 @@
+"""The victim's outputs and margins on its training samples, for reading scores against the margin."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from kktrecon.attack.objectives import default_objective
+from kktrecon.errors import ConfigError
+
+__all__ = ["forward_chunked", "normalised_margins", "outputs_and_margins"]
+
+# Outputs are computed in chunks so that a convolutional victim on a large pool fits in memory.
+_FORWARD_CHUNK = 1024
+
+
+@torch.no_grad()
+def forward_chunked(model: torch.nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` in chunks, on the model's device and dtype, returned as float64 on the CPU."""
+    param = next(iter(model.parameters()), None)
+    if param is not None:
+        x = x.to(param.device, param.dtype)
+    chunks = [model(x[i : i + _FORWARD_CHUNK]) for i in range(0, x.shape[0], _FORWARD_CHUNK)]
+    out = torch.cat(chunks) if chunks else model(x)
+    return out.detach().to("cpu", torch.float64)
+
+
+def outputs_and_margins(raw: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Φ (the logit, or the true-class logit) and the objective's margin per sample from raw outputs.
+
+    Args:
+        raw: the victim's outputs, (n,), (n, 1) or (n, K).
+        labels: (n,) class indices; binary labels may also be given as ±1.
+    """
+    raw = raw.to("cpu", torch.float64)
+    labels = labels.to("cpu")
+    if raw.dim() == 1:
+        raw = raw[:, None]
+    if raw.dim() != 2 or raw.shape[0] != labels.shape[0]:
+        raise ConfigError(f"Expected model outputs of shape (n, K) with n = {labels.shape[0]}. Got {tuple(raw.shape)}.")
+    if raw.shape[1] == 1:
+        values = set(labels.unique().tolist())
+        if not (values <= {0, 1} or values <= {-1, 1}):
+            raise ConfigError(f"Expected binary labels in {{0, 1}} or {{-1, 1}}. Got values {sorted(values)}.")
+        phi = raw[:, 0]
+    else:
+        phi = raw.gather(1, labels.long()[:, None])[:, 0]
+    return phi, default_objective(raw.shape[1]).margins(raw, labels)
+
+
+def normalised_margins(margins: Tensor) -> tuple[Tensor, float]:
+    """margin / min margin, and the min margin; NaN when the victim misclassifies a training sample."""
+    if margins.numel() == 0:
+        return margins.clone(), math.nan
+    lo = float(margins.min())
+    if lo <= 0:
+        return torch.full_like(margins, math.nan), lo
+    return margins / lo, lo

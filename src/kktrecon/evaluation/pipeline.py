@@ -1,0 +1,429 @@
+"""Evaluation as a pipeline: candidates and a training set in, metrics, a table and figures out.
+
+:func:`evaluate_candidates` composes the pure steps (matching, scoring, the chance level, the toy
+score) on tensors held in memory; :func:`write_evaluation` writes its result; :func:`evaluate` is
+the file-level stage: it pools reconstruction directories of one victim, reloads the victim and its
+training set, and writes ``metrics.json``, ``per_sample.csv`` and the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from kktrecon.errors import ConfigError
+from kktrecon.evaluation.candidates import load_candidates
+from kktrecon.evaluation.outputs import forward_chunked, normalised_margins, outputs_and_margins
+from kktrecon.evaluation.scores import Scores, image_metrics, score_candidates
+from kktrecon.evaluation.toy import ToyScores, score_toy, toy_grid, toy_metrics
+from kktrecon.evaluation.verdict import chance_metrics
+from kktrecon.reporting.figures import save_figures
+from kktrecon.runs import METRICS_FILE, PER_SAMPLE_FILE, atomic_write_json, atomic_write_text, package_versions
+from kktrecon.victims import load_victim
+
+__all__ = ["EvaluationConfig", "EvaluationResult", "evaluate", "evaluate_candidates", "write_evaluation"]
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How candidates are matched and counted.
+
+    Args:
+        best_buddies: keep only mutual nearest neighbours when matching.
+        threshold: SSIM above which a training image counts as reconstructed (0.4 in the paper).
+        toy_radius: toy only — a point counts as found when a candidate lies within this distance.
+        margin_tol: toy only — a point is on the margin when its normalised margin (margin divided by
+            the smallest training margin) is at most ``1 + margin_tol``. The default 0.1 allows for
+            finite training: gradient descent on the logistic loss weighs sample i by about
+            exp(−qᵢ) (qᵢ its unnormalised margin), so with the smallest margin q near 7–20 a sample
+            10 % further out still carries a weight of e^(−0.7)…e^(−2) relative to the support.
+    """
+
+    best_buddies: bool = False
+    threshold: float = 0.4
+    toy_radius: float = 0.05
+    margin_tol: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.threshold, int | float) and -1.0 <= self.threshold <= 1.0):
+            raise ConfigError(f"Expected `threshold` to be an SSIM value in [-1, 1]. Got {self.threshold!r}.")
+        if not (isinstance(self.toy_radius, int | float) and self.toy_radius > 0):
+            raise ConfigError(f"Expected `toy_radius` to be a positive number. Got {self.toy_radius!r}.")
+        if not (isinstance(self.margin_tol, int | float) and self.margin_tol >= 0):
+            raise ConfigError(f"Expected `margin_tol` to be a non-negative number. Got {self.margin_tol!r}.")
+
+
+@dataclass
+class EvaluationResult:
+    """Everything :func:`evaluate_candidates` computed, ready to write or plot.
+
+    Attributes:
+        metrics: the summary written to ``metrics.json``.
+        rows: one dict per training sample, the rows of ``per_sample.csv``.
+        scores: :class:`Scores` (images) or :class:`ToyScores` (2-D toy).
+        is_image: whether the task is an image task.
+        labels: training labels (n,), as the dataset gives them (0/1 for binary tasks).
+        outputs: the model's output Φ(xᵢ) (binary) or the true-class logit (multiclass), shape (n,).
+        margins: yᵢΦ(xᵢ) with yᵢ = ±1 (binary), Φ_y − max_{k≠y} Φ_k (multiclass), shape (n,).
+        class_names: names of the classes, indexed by label.
+        train_images: training images + mean in [0, 1] (images only).
+        points: training points (toy only).
+        candidates: the (pooled) candidates (toy only; images are summarised by ``scores.aligned``).
+        candidate_labels: the candidates' labels (toy only).
+        toy_grid: (xs, ys, Φ) on a grid for the decision boundary plot (toy with a model only).
+        out_dir: where :func:`write_evaluation` wrote the files, once it has.
+        files: the files written, by name.
+    """
+
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    scores: Scores | ToyScores
+    is_image: bool
+    labels: Tensor
+    outputs: Tensor
+    margins: Tensor
+    class_names: tuple[str, ...]
+    train_images: Tensor | None = None
+    points: Tensor | None = None
+    candidates: Tensor | None = None
+    candidate_labels: Tensor | None = None
+    toy_grid: tuple[Any, Any, Any] | None = None
+    out_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def evaluate_candidates(
+    candidates: Tensor,
+    x_train: Tensor,
+    y_train: Tensor,
+    mean: Tensor,
+    config: EvaluationConfig | None = None,
+    *,
+    model: torch.nn.Module | None = None,
+    outputs: Tensor | None = None,
+    lam: Tensor | None = None,
+    candidate_labels: Tensor | None = None,
+    provenance: Tensor | None = None,
+    source_index: Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    is_image: bool | None = None,
+    downsample: int = 1,
+    **overrides: Any,
+) -> EvaluationResult:
+    """Evaluate a candidate set against a training set held in memory (no files read or written).
+
+    Args:
+        candidates: reconstructed inputs, mean-subtracted, shape (m, *input_shape).
+        x_train: the victim's training inputs, mean-subtracted, shape (n, *input_shape).
+        y_train: training labels (n,): 0/1 (or ±1) for binary tasks, class indices for multiclass.
+        mean: the per-pixel training mean, shape input_shape.
+        model: the victim; used for Φ(xᵢ) (unless ``outputs`` is given) and for the toy's boundary.
+        outputs: the victim's raw outputs on ``x_train``, (n,), (n, 1) or (n, K); computed from
+            ``model`` when omitted. One of ``model`` and ``outputs`` is required.
+        lam: the candidates' multipliers λ (m,), reported for the matched candidate.
+        candidate_labels: the candidates' labels (m,) (±1 for binary), used by the toy figure.
+        provenance: (m, 2) int64: the reconstruction run of each candidate (index into the pooled
+            runs) and its index within that run. Default: one run, candidates in order.
+        source_index: position of each training sample in the source dataset (n,). Default: 0..n-1.
+        class_names: names of the classes, indexed by label (for figures).
+        is_image: whether inputs are images (N, C, H, W); default: ``x_train.dim() == 4``.
+        downsample: bicubic downsampling before NCC matching (1 for MNIST, 2 for CIFAR-10).
+        config: matching and counting settings; keyword ``overrides`` replace its fields
+            (``best_buddies``, ``threshold``, ``toy_radius``, ``margin_tol``).
+
+    Returns:
+        :class:`EvaluationResult` (``out_dir`` None; pass it to :func:`write_evaluation` to save).
+
+    Raises:
+        ConfigError: on inconsistent shapes or arguments out of range.
+    """
+    config = dataclasses.replace(config or EvaluationConfig(), **overrides)
+    n, m = x_train.shape[0], candidates.shape[0]
+    is_image = x_train.dim() == 4 if is_image is None else is_image
+    _check_shapes(candidates, x_train, y_train, lam=lam, candidate_labels=candidate_labels, provenance=provenance)
+    if provenance is None:
+        provenance = torch.stack([torch.zeros(m, dtype=torch.int64), torch.arange(m)], dim=1)
+    source_index = torch.arange(n) if source_index is None else source_index
+    if outputs is None:
+        if model is None:
+            raise ConfigError("Expected `model` or `outputs` (the victim's outputs on x_train). Got neither.")
+        outputs = forward_chunked(model, x_train)
+    phi, margins = outputs_and_margins(outputs, y_train)
+    normalised, min_margin = normalised_margins(margins)
+    labels = y_train.detach().to("cpu")
+    if class_names is None:
+        class_names = tuple(str(c) for c in range(max(int(labels.max()) + 1 if n else 0, 2)))
+    metrics: dict[str, Any] = {
+        "kind": "image" if is_image else "toy",
+        "n_train": n,
+        "n_candidates": m,
+        "multiclass": bool(outputs.dim() == 2 and outputs.shape[1] > 1),
+        "best_buddies": bool(config.best_buddies),
+        "min_margin": min_margin,
+    }
+    scores: Scores | ToyScores
+    if is_image:
+        scores = _score_images(candidates.detach(), x_train.detach(), mean.detach(), downsample, config, metrics)
+    else:
+        scores = score_toy(
+            candidates.detach().flatten(1), x_train.detach().flatten(1), best_buddies=config.best_buddies
+        )
+        scores = ToyScores(match=scores.match.to("cpu"), distance=scores.distance.to("cpu"))
+        metrics.update(toy_metrics(scores, normalised, toy_radius=config.toy_radius, margin_tol=config.margin_tol))
+    lam_cpu = lam.detach().to("cpu", torch.float64) if lam is not None else None
+    columns = dict(
+        source_index=source_index, labels=labels, phi=phi, margins=margins, normalised=normalised, lam=lam_cpu
+    )
+    rows = _rows(scores, provenance.detach().to("cpu", torch.int64), config, **columns)
+    result = EvaluationResult(
+        metrics=metrics,
+        rows=rows,
+        scores=scores,
+        is_image=is_image,
+        labels=labels,
+        outputs=phi,
+        margins=margins,
+        class_names=tuple(class_names),
+    )
+    _attach_inputs(result, candidates, x_train, mean, candidate_labels=candidate_labels, model=model)
+    return result
+
+
+def _check_shapes(
+    candidates: Tensor,
+    x_train: Tensor,
+    y_train: Tensor,
+    *,
+    lam: Tensor | None,
+    candidate_labels: Tensor | None,
+    provenance: Tensor | None,
+) -> None:
+    n, m = x_train.shape[0], candidates.shape[0]
+    if tuple(y_train.shape) != (n,):
+        raise ConfigError(f"Expected `y_train` of shape ({n},). Got {tuple(y_train.shape)}.")
+    if candidates.shape[1:] != x_train.shape[1:]:
+        raise ConfigError(
+            f"Expected `candidates` of shape (m, {', '.join(map(str, x_train.shape[1:]))}) like the training "
+            f"inputs. Got {tuple(candidates.shape)}."
+        )
+    for name, value in (("lam", lam), ("candidate_labels", candidate_labels)):
+        if value is not None and tuple(value.shape) != (m,):
+            raise ConfigError(f"Expected `{name}` of shape ({m},). Got {tuple(value.shape)}.")
+    if provenance is not None and tuple(provenance.shape) != (m, 2):
+        raise ConfigError(f"Expected `provenance` of shape ({m}, 2). Got {tuple(provenance.shape)}.")
+
+
+def _score_images(
+    candidates: Tensor, x_train: Tensor, mean: Tensor, downsample: int, config: EvaluationConfig, metrics: dict
+) -> Scores:
+    """Match and score every training image; add the counts and the chance level to ``metrics``."""
+    scores = score_candidates(candidates, x_train, mean, downsample=downsample, best_buddies=config.best_buddies)
+    scores = Scores(**{k: v.to("cpu") for k, v in vars(scores).items()})
+    metrics.update(image_metrics(scores, threshold=config.threshold, downsample=downsample))
+    if x_train.shape[0] >= 2:
+        metrics.update(chance_metrics(x_train, mean, threshold=config.threshold, downsample=downsample))
+    return scores
+
+
+def _rows(
+    scores: Scores | ToyScores,
+    provenance: Tensor,
+    config: EvaluationConfig,
+    *,
+    source_index: Tensor,
+    labels: Tensor,
+    phi: Tensor,
+    margins: Tensor,
+    normalised: Tensor,
+    lam: Tensor | None,
+) -> list[dict[str, Any]]:
+    """One row per training sample: its output and margin, its scores, and the matched candidate."""
+    rows = []
+    for i in range(len(labels)):
+        j = int(scores.match[i])
+        row: dict[str, Any] = {
+            "index": i,
+            "source_index": int(source_index[i]),
+            "label": int(labels[i]),
+            "output": float(phi[i]),
+            "margin": float(margins[i]),
+            "normalized_margin": float(normalised[i]),
+        }
+        if isinstance(scores, Scores):
+            row.update(
+                ssim_reference=float(scores.ssim_reference[i]),
+                ssim_aligned=float(scores.ssim_aligned[i]),
+                psnr=float(scores.psnr[i]),
+            )
+        else:
+            row.update(
+                distance=float(scores.distance[i]),
+                on_margin=bool(normalised[i] <= 1.0 + config.margin_tol),
+                found=bool(scores.distance[i] <= config.toy_radius),
+            )
+        row.update(
+            candidate=int(provenance[j, 1]) if j >= 0 else -1,
+            candidate_run=int(provenance[j, 0]) if j >= 0 else -1,
+            **{"lambda": float(lam[j]) if (j >= 0 and lam is not None) else math.nan},
+        )
+        if isinstance(scores, Scores):
+            row.update(ncc_distance=float(scores.ncc[i]), scale=float(scores.scale[i]))
+        rows.append(row)
+    return rows
+
+
+def _attach_inputs(
+    result: EvaluationResult,
+    candidates: Tensor,
+    x_train: Tensor,
+    mean: Tensor,
+    *,
+    candidate_labels: Tensor | None,
+    model: torch.nn.Module | None,
+) -> None:
+    """What the figures draw: training images in [0, 1], or the toy's points, candidates and boundary."""
+    if result.is_image:
+        result.train_images = (
+            x_train.detach().to("cpu", torch.float64) + mean.detach().to("cpu", torch.float64)
+        ).clamp(0.0, 1.0)
+        return
+    result.points = x_train.detach().to("cpu", torch.float64).flatten(1)
+    result.candidates = candidates.detach().to("cpu", torch.float64).flatten(1)
+    if candidate_labels is not None:
+        result.candidate_labels = candidate_labels.detach().to("cpu")
+    if model is not None and result.points.shape[1] == 2:
+        result.toy_grid = toy_grid(model, result.points, result.candidates)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and ±inf are not JSON; write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _csv_cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return format(value, ".8g")
+    return str(value)
+
+
+def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
+    """Write ``metrics.json``, ``per_sample.csv`` and (optionally) the figures into ``out_dir``.
+
+    Every file is written atomically. Non-finite numbers become ``null`` in JSON and ``nan``/``inf``
+    in the CSV.
+
+    Args:
+        result: what :func:`evaluate_candidates` returned.
+        out_dir: the directory to write into (created when missing).
+        figures: also draw ``fig_pairs.png`` and ``fig_ssim_vs_output.png`` (images) or
+            ``fig_toy.png`` (toy).
+
+    Returns:
+        The written files by name; also stored in ``result.files``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    buffer = io.StringIO()
+    columns = list(result.rows[0]) if result.rows else ["index"]
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in result.rows:
+        writer.writerow([_csv_cell(row[c]) for c in columns])
+    atomic_write_text(out_dir / PER_SAMPLE_FILE, buffer.getvalue())
+    files[PER_SAMPLE_FILE] = out_dir / PER_SAMPLE_FILE
+
+    if figures:
+        files.update(save_figures(result, out_dir))
+    result.metrics["files"] = sorted(files)
+
+    atomic_write_json(out_dir / METRICS_FILE, _json_safe(result.metrics))
+    files[METRICS_FILE] = out_dir / METRICS_FILE
+    result.out_dir = out_dir
+    result.files = files
+    return files
+
+
+def evaluate(
+    rec_dirs: str | Path | Sequence[str | Path],
+    config: EvaluationConfig | None = None,
+    *,
+    data_root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    out_dir: str | Path | None = None,
+    figures: bool = True,
+    **overrides: Any,
+) -> EvaluationResult:
+    """Score the candidates of one or more reconstructions of a victim against its training set.
+
+    Loads the candidates of every directory in ``rec_dirs`` (pooled; they must share a victim), the
+    victim named in their ``reconstruction.json``, and its training set, then matches and scores as
+    described in the module docstring.
+
+    Args:
+        rec_dirs: reconstruction directory or directories of the same victim.
+        data_root: where the datasets live (None: the data layer's default).
+        config: matching and counting settings (:class:`EvaluationConfig`); keyword ``overrides``
+            replace its fields.
+        device: where to run the victim and the scoring.
+        out_dir: where to write; defaults to the first reconstruction directory.
+        figures: draw the figures (``fig_pairs.png``, ``fig_ssim_vs_output.png`` or ``fig_toy.png``).
+
+    Returns:
+        :class:`EvaluationResult`, with ``out_dir`` and ``files`` set.
+
+    Writes:
+        ``metrics.json`` (summary), ``per_sample.csv`` (one row per training sample) and figures.
+
+    Raises:
+        VictimMismatchError: when the directories come from different victims.
+        FileNotFoundError: when a directory lacks its files.
+    """
+    pooled = load_candidates(rec_dirs)
+    victim = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
+    ds = victim.dataset
+    result = evaluate_candidates(
+        pooled.x.to(ds.x_train.device),
+        ds.x_train,
+        ds.y_train,
+        ds.mean,
+        dataclasses.replace(config or EvaluationConfig(), **overrides),
+        model=victim.model,
+        lam=pooled.lam,
+        candidate_labels=pooled.y,
+        provenance=pooled.provenance,
+        source_index=ds.train_indices,
+        class_names=ds.class_names,
+        is_image=ds.is_image,
+        downsample=victim.downsample,
+    )
+    result.metrics.update(
+        {
+            "rec_dirs": [str(d.resolve()) for d in pooled.rec_dirs],
+            "n_candidates_per_run": [int((pooled.provenance[:, 0] == r).sum()) for r in range(len(pooled.rec_dirs))],
+            "victim_run_dir": str(pooled.victim_run_dir),
+            "data": victim.manifest.get("data"),
+            "class_names": list(result.class_names),
+            "versions": package_versions(),
+        }
+    )
+    write_evaluation(result, Path(out_dir) if out_dir is not None else pooled.rec_dirs[0], figures=figures)
+    return result

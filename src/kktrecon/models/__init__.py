@@ -1,0 +1,41 @@
+"""Victim models: the architecture registry, the attack's modified ReLU, validation, checkpoints.
+
+What lives here:
+
+- ``registry.py``: :data:`ARCHITECTURES`, :func:`register_architecture`, :func:`build_model`.
+  A new kind of victim is one module with a config dataclass and a seeded builder.
+- ``mlp.py``: ReLU MLPs with a bias policy (the paper's d-1000-1000-1 and its ablations).
+- ``activations.py``: :class:`ModifiedReLU` (ReLU forward, sigmoid(α·z) backward) for the attack.
+- ``validation.py``: :func:`validate`, every reason a model does not fit the method's assumptions.
+- ``checkpoints.py``: safetensors weights + JSON manifest; loading never unpickles.
+
+What does not: how victims are trained (``kktrecon.training``) and attacked (``kktrecon.attack``).
+"""
+
+from __future__ import annotations
+
+from kktrecon.errors import CheckpointError, UnsupportedModelError
+from kktrecon.models.activations import ModifiedReLU, with_modified_relu
+from kktrecon.models.checkpoints import load_checkpoint, save_checkpoint, weights_fingerprint
+from kktrecon.models.mlp import BIAS_POLICIES, MLP, ModelConfig
+from kktrecon.models.registry import ARCHITECTURES, Architecture, build_model, register_architecture
+from kktrecon.models.validation import validate, warn_if_unsupported
+
+__all__ = [
+    "ARCHITECTURES",
+    "BIAS_POLICIES",
+    "MLP",
+    "Architecture",
+    "CheckpointError",
+    "ModelConfig",
+    "ModifiedReLU",
+    "UnsupportedModelError",
+    "build_model",
+    "load_checkpoint",
+    "register_architecture",
+    "save_checkpoint",
+    "validate",
+    "warn_if_unsupported",
+    "weights_fingerprint",
+    "with_modified_relu",
+]

@@ -1,0 +1,131 @@
+"""ReLU MLP victims with a bias policy (the paper's d-1000-1000-1 and its ablations).
+
+The theory (Lyu & Li 2019; Ji & Telgarsky 2020) needs Φ(θ; x) homogeneous in θ. A ReLU MLP with
+no biases, or with a bias in the first layer only (the reference code's choice), satisfies
+Φ(cθ; x) = c^L Φ(θ; x) with L the number of linear layers; biases in later layers break it
+(the paper's ablation, "biases in all layers").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kktrecon.errors import ConfigError
+from kktrecon.models.registry import Architecture, register_architecture
+
+__all__ = ["BIAS_POLICIES", "MLP", "ModelConfig", "build_mlp"]
+
+# Which linear layers carry a bias, by policy: f(layer index, number of layers) -> bool.
+BIAS_POLICIES: dict[str, Any] = {
+    "none": lambda i, n: False,
+    "first": lambda i, n: i == 0 and n > 1,
+    "all": lambda i, n: i < n - 1,
+}
+# Policies under which Φ is homogeneous in θ (the theory's assumption).
+HOMOGENEOUS_POLICIES = frozenset({"none", "first"})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a ReLU MLP victim.
+
+    Args:
+        input_shape: shape of one input, e.g. ``(1, 28, 28)``; inputs are flattened.
+        hidden: widths of the hidden layers; ``()`` gives a linear model.
+        num_outputs: 1 for binary tasks (Φ is the single logit), K for multiclass.
+        bias: ``none`` (fully homogeneous), ``first`` (reference: only the first layer has a bias),
+            ``all`` (every hidden layer has one; not homogeneous). The output layer never has one.
+        init_scale: first-layer weights and bias are drawn N(0, 1)·init_scale (reference: 1e-4).
+        hidden_init_scale: when set, later layers are drawn N(0, 1)·hidden_init_scale (the reference's
+            ``model_init_list``); None keeps PyTorch's default for them (the reference's default).
+    """
+
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    hidden: tuple[int, ...] = (1000, 1000)
+    num_outputs: int = 1
+    bias: str = "first"
+    init_scale: float = 1e-4
+    hidden_init_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.bias not in BIAS_POLICIES:
+            raise ConfigError(f"Expected `bias` to be one of {sorted(BIAS_POLICIES)}. Got {self.bias!r}.")
+        if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):
+            raise ConfigError(f"Expected `input_shape` to be positive dimensions. Got {self.input_shape}.")
+        if any(int(w) <= 0 for w in self.hidden):
+            raise ConfigError(f"Expected `hidden` widths to be positive. Got {self.hidden}.")
+        if self.num_outputs < 1:
+            raise ConfigError(f"Expected `num_outputs` >= 1. Got {self.num_outputs}.")
+        if not self.init_scale > 0:
+            raise ConfigError(f"Expected `init_scale` > 0. Got {self.init_scale}.")
+        if self.hidden_init_scale is not None and not self.hidden_init_scale > 0:
+            raise ConfigError(f"Expected `hidden_init_scale` > 0 or None. Got {self.hidden_init_scale}.")
+
+    @property
+    def input_dim(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def depth(self) -> int:
+        """Number of linear layers L: the degree of homogeneity in θ when the policy allows it."""
+        return len(self.hidden) + 1
+
+
+class MLP(nn.Module):
+    """ReLU MLP ``d → hidden… → num_outputs`` with a bias policy and a swappable activation."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        dims = [config.input_dim, *config.hidden, config.num_outputs]
+        n = len(dims) - 1
+        policy = BIAS_POLICIES[config.bias]
+        self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=policy(i, n)) for i in range(n))
+        self.activation: nn.Module = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.layers[:-1]:
+            h = self.activation(layer(h))
+        return self.layers[-1](h)
+
+
+def build_mlp(config: ModelConfig, gen: torch.Generator) -> MLP:
+    """A freshly initialised :class:`MLP` drawn from ``gen``, as the reference initialises it."""
+    model = MLP(config)
+    with torch.no_grad():
+        _init_layers(model, config, gen)
+    return model
+
+
+def _init_layers(model: MLP, config: ModelConfig, gen: torch.Generator) -> None:
+    for i, layer in enumerate(model.layers):
+        fan_in = layer.in_features
+        if i == 0:
+            nn.init.normal_(layer.weight, 0.0, 1.0, generator=gen).mul_(config.init_scale)
+            if layer.bias is not None:
+                nn.init.normal_(layer.bias, 0.0, 1.0, generator=gen).mul_(config.init_scale)
+        elif config.hidden_init_scale is not None:
+            nn.init.normal_(layer.weight, 0.0, 1.0, generator=gen).mul_(config.hidden_init_scale)
+            if layer.bias is not None:
+                nn.init.normal_(layer.bias, 0.0, 1.0, generator=gen).mul_(config.hidden_init_scale)
+        else:  # PyTorch's nn.Linear default, drawn from our generator
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
+            if layer.bias is not None:
+                bound = 1 / math.sqrt(fan_in)
+                nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
+
+
+register_architecture(
+    Architecture(
+        name="mlp",
+        config=ModelConfig,
+        build=build_mlp,
+        description="ReLU MLP d-…-K with a bias policy (the paper's victims)",
+    )
+)

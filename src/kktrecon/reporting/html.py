@@ -1,0 +1,282 @@
+"""One self-contained HTML page per evaluated reconstruction: headline, figures, recipe, table.
+
+:func:`report` gathers ``metrics.json``/``per_sample.csv`` (written by :func:`kktrecon.evaluate`),
+the victim's ``model.json``, the reconstruction's ``reconstruction.json`` and the figures into one
+``report.html`` that opens offline: images are embedded as base64 data URIs and the page has no
+scripts and no external style sheets. All text is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import warnings
+from pathlib import Path
+from typing import Any
+
+from kktrecon.errors import RunFileNotFoundError
+from kktrecon.reporting.figures import FIG_PAIRS, FIG_SCATTER, FIG_TOY, FIGURES, figure_png, plot_loss_history
+from kktrecon.runs import (
+    METRICS_FILE,
+    PER_SAMPLE_FILE,
+    RECONSTRUCTION_FILE,
+    REPORT_FILE,
+    VICTIM_FILE,
+    atomic_write_text,
+    read_json,
+)
+
+__all__ = ["headline", "report"]
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #1b1b1b; line-height: 1.45; }
+h1 { font-size: 1.5rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.2rem; border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2rem; }
+h3 { font-size: 1.0rem; }
+.headline { font-size: 1.6rem; font-weight: 600; margin: 0.8rem 0 0.2rem; }
+.sub { color: #444; margin-top: 0; }
+.note { background: #fff6d6; border-left: 4px solid #e0b400; padding: 0.4rem 0.8rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.ok td { background: #eef8ee; }
+figure { margin: 1rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #444; font-size: 0.9rem; }
+code { background: #f4f4f4; padding: 0 0.2rem; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return format(value, ".4g")
+    return str(value)
+
+
+def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as (dotted key, value) pairs; long lists are summarised."""
+    if isinstance(obj, dict):
+        items: list[tuple[str, Any]] = []
+        for key, value in obj.items():
+            items += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return items
+    if isinstance(obj, list) and len(obj) > 12:
+        return [(prefix, f"[list of {len(obj)} entries]")]
+    if isinstance(obj, list):
+        return [(prefix, ", ".join(_fmt(v) if not isinstance(v, dict | list) else str(v) for v in obj))]
+    return [(prefix, _fmt(obj))]
+
+
+def _kv_table(obj: dict[str, Any], *, skip: tuple[str, ...] = ()) -> str:
+    rows = [(k, v) for k, v in _flatten({k: v for k, v in obj.items() if k not in skip})]
+    if not rows:
+        return "<p>(empty)</p>"
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _img(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{_e(alt)}">'
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _per_sample_table(rows: list[dict[str, str]], threshold: float, key: str) -> str:
+    if not rows:
+        return "<p>(no training samples)</p>"
+    columns = list(rows[0])
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for row in rows:
+        ok = row.get("found") == "1" if key == "found" else _is_number(row.get(key, "")) and float(row[key]) > threshold
+        cells = []
+        for c in columns:
+            text = row[c]
+            if _is_number(text) and c not in ("index", "source_index", "label", "candidate", "candidate_run"):
+                cells.append(f'<td class="num">{_e(_fmt(float(text)))}</td>')
+            elif _is_number(text):
+                cells.append(f'<td class="num">{_e(text)}</td>')
+            else:
+                cells.append(f"<td>{_e(text)}</td>")
+        body.append(f"<tr{' class=ok' if ok else ''}>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def headline(metrics: dict[str, Any]) -> tuple[str, str]:
+    """The headline of a result and its one-line detail (both metrics, chance level)."""
+    n = metrics.get("n_train", "?")
+    if metrics.get("kind") == "toy":
+        radius = metrics.get("toy_radius", "?")
+        head = f"{metrics.get('n_found', '?')} of {n} training points found (a candidate within {radius})"
+        sub = (
+            f"on the margin: {metrics.get('n_found_margin', '?')} of {metrics.get('n_margin', '?')} · "
+            f"off the margin: {metrics.get('n_found_off_margin', '?')} of {metrics.get('n_off_margin', '?')} · "
+            f"median distance {_fmt(metrics.get('median_distance'))} · {metrics.get('n_candidates', '?')} candidates"
+        )
+        return head, sub
+    threshold = metrics.get("ssim_threshold", 0.4)
+    head = f"{metrics.get('n_reconstructed', '?')} of {n} training images reconstructed (SSIM > {_fmt(threshold)})"
+    sub = (
+        f"scale-aligned SSIM: {metrics.get('n_reconstructed', '?')} of {n} "
+        f"(median {_fmt(metrics.get('median_ssim_aligned'))}) · "
+        f"reference protocol, min-max as in the paper: {metrics.get('n_reconstructed_reference', '?')} of {n} "
+        f"(median {_fmt(metrics.get('median_ssim_reference'))}) · median PSNR {_fmt(metrics.get('median_psnr'))} dB · "
+        f"{metrics.get('n_candidates', '?')} candidates" + (" · best buddies" if metrics.get("best_buddies") else "")
+    )
+    if "chance_n_reconstructed" in metrics:
+        sub += (
+            f". Chance level, each image against its nearest other training image: "
+            f"{metrics['chance_n_reconstructed']} of {n} aligned "
+            f"(median {_fmt(metrics.get('chance_median_ssim_aligned'))}), "
+            f"{metrics.get('chance_n_reconstructed_reference', '?')} of {n} min-max "
+            f"(median {_fmt(metrics.get('chance_median_ssim_reference'))})."
+        )
+    return head, sub
+
+
+def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
+    """Write one self-contained ``report.html`` for an evaluated reconstruction.
+
+    The page opens offline: the headline result first, the summary metrics, the figures (embedded as
+    ``data:image/png;base64`` URIs), the victim's recipe (its ``model.json`` without the mean image),
+    the configuration of each pooled reconstruction with its loss history, and the per-sample table.
+    All text is HTML-escaped.
+
+    Args:
+        rec_dir: the directory :func:`kktrecon.evaluation.evaluate` wrote into (holds ``metrics.json``).
+        out: the file to write (a directory gets ``report.html`` inside); default ``rec_dir/report.html``.
+
+    Returns:
+        The path of the written report.
+
+    Raises:
+        RunFileNotFoundError: when ``metrics.json`` or ``per_sample.csv`` is missing (run
+            ``kktrecon evaluate`` first).
+    """
+    rec_dir = Path(rec_dir)
+    metrics, rows = _read_evaluation(rec_dir)
+    notes: list[str] = []
+    head, sub = headline(metrics)
+    title = f"kktrecon report: {rec_dir.resolve().name}"
+    parts = [f"<h1>{_e(title)}</h1>", f'<p class="headline">{_e(head)}</p>', f'<p class="sub">{_e(sub)}</p>']
+    notes_at = len(parts)
+    parts.append("<h2>Summary</h2>")
+    parts.append(_kv_table(metrics, skip=("versions", "data", "class_names", "files")))
+    parts += _figures_section(rec_dir, metrics, notes)
+    parts += _victim_section(metrics, notes)
+    parts += _reconstruction_section(rec_dir, metrics, notes)
+    parts += _per_sample_section(metrics, rows)
+    for text in notes:
+        warnings.warn(text, stacklevel=2)
+    parts[notes_at:notes_at] = [f'<p class="note">{_e(text)}</p>' for text in notes]
+    target = Path(out) if out is not None else rec_dir / REPORT_FILE
+    if target.is_dir():
+        target = target / REPORT_FILE
+    atomic_write_text(target, _page(title, parts))
+    return target
+
+
+def _read_evaluation(rec_dir: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    metrics_path = rec_dir / METRICS_FILE
+    if not metrics_path.is_file():
+        raise RunFileNotFoundError(
+            f"No metrics.json in {rec_dir}: run `kktrecon evaluate {rec_dir}` first, then `kktrecon report`."
+        )
+    metrics = read_json(metrics_path)
+    csv_path = rec_dir / PER_SAMPLE_FILE
+    if not csv_path.is_file():
+        raise RunFileNotFoundError(f"No per_sample.csv in {rec_dir}: run `kktrecon evaluate {rec_dir}` again.")
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return metrics, rows
+
+
+def _figures_section(rec_dir: Path, metrics: dict[str, Any], notes: list[str]) -> list[str]:
+    parts = ["<h2>Figures</h2>"]
+    wanted = [FIG_TOY] if metrics.get("kind") == "toy" else [FIG_PAIRS, FIG_SCATTER]
+    for name in wanted:
+        path = rec_dir / name
+        if path.is_file():
+            parts.append(
+                f"<figure>{_img(path.read_bytes(), name)}<figcaption>{_e(FIGURES[name])}</figcaption></figure>"
+            )
+        else:
+            notes.append(f"Figure {name} is missing from {rec_dir}; run `kktrecon evaluate` with figures.")
+    return parts
+
+
+def _victim_section(metrics: dict[str, Any], notes: list[str]) -> list[str]:
+    victim_dir = metrics.get("victim_run_dir")
+    parts = ["<h2>Victim</h2>", f"<p>Run directory: <code>{_e(victim_dir)}</code></p>"]
+    model_json = Path(victim_dir) / VICTIM_FILE if victim_dir else None
+    if model_json is not None and model_json.is_file():
+        manifest = read_json(model_json)
+        for key, value in manifest.items():
+            if key == "train_mean":
+                continue
+            parts.append(f"<h3>{_e(key)}</h3>")
+            parts.append(_kv_table(value) if isinstance(value, dict) else f"<p>{_e(_fmt(value))}</p>")
+    elif victim_dir:
+        notes.append(f"The victim's model.json was not found in {victim_dir}; its recipe is not shown.")
+    else:
+        notes.append("metrics.json names no victim run directory (evaluated in memory?); its recipe is not shown.")
+    if metrics.get("versions"):
+        parts.append("<h3>evaluation software</h3>")
+        parts.append(_kv_table(metrics["versions"]))
+    return parts
+
+
+def _reconstruction_section(rec_dir: Path, metrics: dict[str, Any], notes: list[str]) -> list[str]:
+    parts = ["<h2>Reconstruction</h2>"]
+    rec_dirs = metrics.get("rec_dirs") or [str(rec_dir)]
+    for run, directory in enumerate(rec_dirs):
+        path = Path(directory) / RECONSTRUCTION_FILE
+        if not path.is_file() and len(rec_dirs) == 1:
+            path = rec_dir / RECONSTRUCTION_FILE
+        parts.append(f"<h3>run {run}: <code>{_e(directory)}</code></h3>")
+        if not path.is_file():
+            notes.append(f"reconstruction.json of run {run} was not found at {path}; its configuration is not shown.")
+            continue
+        manifest = read_json(path)
+        parts.append(_kv_table(manifest, skip=("loss_history",)))
+        fig = plot_loss_history(manifest.get("loss_history") or [])
+        if fig is not None:
+            caption = f"<figcaption>Loss history of run {run}.</figcaption>"
+            parts.append(f"<figure>{_img(figure_png(fig), 'loss history')}{caption}</figure>")
+    return parts
+
+
+def _per_sample_section(metrics: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
+    threshold = float(metrics.get("ssim_threshold") or 0.4)
+    key = "found" if metrics.get("kind") == "toy" else "ssim_aligned"
+    return [
+        "<h2>Per-sample results</h2>",
+        f"<p>One row per training sample ({len(rows)}); shaded rows count as reconstructed. "
+        "<code>candidate</code> indexes the candidates of run <code>candidate_run</code>; -1: no match.</p>",
+        _per_sample_table(rows, threshold, key),
+    ]
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )

@@ -1,0 +1,118 @@
+"""A trained victim as the later stages see it: weights, manifest and, where allowed, its training data.
+
+The attack reads weights only (``kktrecon.attack`` never imports the data layer). Evaluation and the
+KKT diagnostic are the stages that may look at the training set: they load it here, from the
+recipe recorded in the victim's ``model.json``, and check that it is the set the victim saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kktrecon.attack.kkt import KKTDiagnosis, diagnose_model
+from kktrecon.data import DATASETS, DataConfig, Dataset, load_dataset
+from kktrecon.errors import CheckpointError, ConfigError
+from kktrecon.models import load_checkpoint
+from kktrecon.runs import VICTIM_FILE, config_from_dict, resolve_device
+
+__all__ = ["Victim", "diagnose", "load_victim"]
+
+
+@dataclass(frozen=True)
+class Victim:
+    """A victim network with its manifest and its (reloaded) training set.
+
+    Attributes:
+        model: the network, in eval mode.
+        manifest: the parsed ``model.json``.
+        dataset: the training and test data recorded in the manifest, reloaded and checked.
+        downsample: the factor by which evaluation downsamples images before matching.
+        run_dir: the victim's run directory.
+    """
+
+    model: nn.Module
+    manifest: dict[str, Any]
+    dataset: Dataset
+    downsample: int
+    run_dir: Path
+
+
+def load_victim(
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> Victim:
+    """The victim network, its manifest, its training set (reloaded) and the matching downsample factor.
+
+    Raises:
+        CheckpointError: the run directory or its manifest is unusable, or the reloaded training
+            set is not the one the victim saw (its per-pixel mean differs from the recorded one).
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(device)
+    model, manifest = load_checkpoint(run_dir, device=device, dtype=dtype)
+    model.eval()
+    if "data" not in manifest:
+        raise CheckpointError(f"Expected {run_dir / VICTIM_FILE} to hold the data config under 'data'. Got none.")
+    config = config_from_dict(DataConfig, manifest["data"])
+    dataset = load_dataset(config, data_root=data_root, dtype=dtype, device=device)
+    _check_mean(run_dir, manifest, dataset)
+    downsample = int(DATASETS[config.dataset].match_downsample)
+    return Victim(model=model, manifest=manifest, dataset=dataset, downsample=downsample, run_dir=run_dir)
+
+
+def _check_mean(run_dir: Path, manifest: dict[str, Any], dataset: Dataset) -> None:
+    # Guard against scoring a reconstruction against a training set other than the one the victim saw
+    # (a different data root or dataset version): the reloaded mean must equal the recorded one.
+    recorded = manifest.get("train_mean")
+    if recorded is None:
+        return
+    recorded_t = torch.as_tensor(recorded, dtype=torch.float64).flatten()
+    reloaded = dataset.mean.detach().to("cpu", torch.float64).flatten()
+    if recorded_t.shape != reloaded.shape or float((recorded_t - reloaded).abs().max()) > 1e-4:
+        raise CheckpointError(
+            f"The reloaded training set does not match the victim at {run_dir}: its per-pixel mean differs from "
+            "model.json's train_mean. Check --data-root."
+        )
+
+
+def diagnose(
+    victim: nn.Module | str | Path,
+    *,
+    x: torch.Tensor | None = None,
+    signs: torch.Tensor | None = None,
+    data_root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    nonzero_tol: float = 1e-6,
+) -> KKTDiagnosis:
+    """How close a victim is to a KKT point: fit λ ≥ 0 on its training set, report ‖θ − Σλᵢyᵢ∇θΦ(xᵢ)‖ / ‖θ‖.
+
+    Args:
+        victim: a model, or a victim run directory (its training set is then loaded as recorded in
+            ``model.json``).
+        x, signs: the training inputs and their ±1 labels (needed when ``victim`` is a model).
+        data_root: where to read the training set from, for a run directory.
+        device: where to compute; the fit runs in float64 for accuracy.
+        nonzero_tol: λᵢ counts as non-zero above ``nonzero_tol · max λ``.
+
+    Returns:
+        A :class:`~kktrecon.attack.kkt.KKTDiagnosis`. ``relative_residual`` is 0 at an exact KKT
+        point and 1 when no non-negative combination of the per-sample gradients explains any of θ.
+    """
+    dev = resolve_device(device)
+    if isinstance(victim, (str, Path)):
+        model, manifest = load_checkpoint(victim, device=dev, dtype=torch.float64)
+        data = load_dataset(config_from_dict(DataConfig, manifest["data"]), data_root=data_root, dtype=torch.float64)
+        x, signs = data.x_train, data.signs
+    elif x is None or signs is None:
+        raise ConfigError("Expected `x` and `signs` when `victim` is a model. Got None.")
+    else:
+        model = victim
+    return diagnose_model(model, x, signs, device=dev, nonzero_tol=nonzero_tol)

@@ -1,0 +1,75 @@
+"""The self-contained HTML report."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from kktrecon.evaluation import evaluate_candidates, write_evaluation
+from kktrecon.reporting import report
+from tests.reporting.helpers import _evaluated_dir
+
+
+def test_report_embeds_figures_and_references_no_files(tmp_path: Path) -> None:
+    rec = _evaluated_dir(tmp_path)
+    path = report(rec)
+    assert path == rec / "report.html"
+    page = path.read_text(encoding="utf-8")
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 3  # pairs grid, scatter, loss history
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "href=" not in page and "<link" not in page and "<script" not in page
+    assert "url(" not in page  # no external resources from CSS either
+
+
+def test_report_headline_comes_first_and_names_both_metrics(tmp_path: Path) -> None:
+    rec = _evaluated_dir(tmp_path)
+    page = report(rec).read_text(encoding="utf-8")
+    metrics = json.loads((rec / "metrics.json").read_text())
+    headline = f"{metrics['n_reconstructed']} of 6 training images reconstructed (SSIM &gt; 0.4)"
+    assert headline in page
+    assert f"min-max as in the paper: {metrics['n_reconstructed_reference']} of 6" in page
+    assert page.index(headline) < page.index("<table")
+    assert page.index(headline) < page.index("<th>ssim_aligned</th>")
+    # The victim's recipe is shown, its mean image is not.
+    assert "widths" in page and "train_error" in page and "train_mean" not in page
+    assert "0.03" in page  # reconstruction config
+
+
+def test_report_escapes_text(tmp_path: Path) -> None:
+    rec = _evaluated_dir(tmp_path, hostile="<script>alert('x')</script>&")
+    page = report(rec, out=tmp_path / "out.html").read_text(encoding="utf-8")
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;" in page
+
+
+def test_report_without_metrics_says_to_evaluate(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run `kktrecon evaluate"):
+        report(tmp_path)
+
+
+def test_report_warns_visibly_when_victim_is_gone(tmp_path: Path) -> None:
+    rec = _evaluated_dir(tmp_path)
+    (tmp_path / "victim" / "model.json").unlink()
+    with pytest.warns(UserWarning, match="model.json was not found"):
+        page = report(rec).read_text(encoding="utf-8")
+    assert 'class="note"' in page
+
+
+def test_toy_report(tmp_path: Path) -> None:
+    points = torch.tensor([[0.5, 0.5], [-0.5, -0.5], [0.5, -0.6], [-0.4, 0.7]], dtype=torch.float64)
+    labels = torch.tensor([1, 0, 1, 0])
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).double()
+    cands = points[:2] + 0.01
+    result = evaluate_candidates(cands, points, labels, torch.zeros(2), model=model, candidate_labels=torch.ones(2))
+    assert result.toy_grid is not None
+    write_evaluation(result, tmp_path)
+    assert (tmp_path / "fig_toy.png").is_file() and not (tmp_path / "fig_pairs.png").exists()
+    with pytest.warns(UserWarning):
+        page = report(tmp_path).read_text(encoding="utf-8")
+    assert "2 of 4 training points found" in page
+    assert page.count('src="data:image/png;base64,') == 1

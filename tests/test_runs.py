@@ -1,0 +1,48 @@
+"""Run directories: the one force / resume rule every stage follows, atomic writes, config round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunStateError
+from kktrecon.runs import RunKind, check_resumable, open_run
+
+KIND = RunKind(manifest="done.json", state="state.bin", outputs=("out.bin",))
+
+
+def _touch(path, *names) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (path / name).write_text("x")
+
+
+def test_new_and_unrelated_directories_start_a_new_run(tmp_path) -> None:
+    assert open_run(tmp_path / "fresh", KIND).status == "new"
+    _touch(tmp_path / "other", "notes.txt")
+    assert open_run(tmp_path / "other", KIND).status == "new"
+    assert (tmp_path / "other" / "notes.txt").exists()
+
+
+def test_a_run_is_refused_without_a_flag_and_found_with_resume(tmp_path) -> None:
+    _touch(tmp_path / "f", "done.json", "state.bin", "out.bin")
+    _touch(tmp_path / "u", "state.bin")
+    with pytest.raises(RunDirectoryExistsError, match=r"finished run.*--resume.*--force"):
+        open_run(tmp_path / "f", KIND)
+    with pytest.raises(RunDirectoryExistsError, match=r"unfinished run.*--resume"):
+        open_run(tmp_path / "u", KIND)
+    assert open_run(tmp_path / "f", KIND, resume=True).status == "finished"
+    assert open_run(tmp_path / "u", KIND, resume=True).status == "unfinished"
+
+
+def test_force_deletes_the_runs_own_files_and_nothing_else(tmp_path) -> None:
+    _touch(tmp_path / "f", "done.json", "state.bin", "out.bin", "notes.txt")
+    assert open_run(tmp_path / "f", KIND, force=True).status == "new"
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["notes.txt"]
+    with pytest.raises(ConfigError, match="at most one"):
+        open_run(tmp_path / "f", KIND, force=True, resume=True)
+
+
+def test_resume_check_names_every_differing_key() -> None:
+    check_resumable({"a": 1, "n": 5}, {"a": 1, "n": 9}, where="d", free=("n",))
+    with pytest.raises(RunStateError, match=r"differs in \['a', 'b'\] \(then \[1, None\], now \[2, 3\]\)"):
+        check_resumable({"a": 1, "n": 5}, {"a": 2, "b": 3, "n": 5}, where="d", free=("n",))
