@@ -224,6 +224,9 @@ def evaluate(
     margin_tol: Annotated[float, typer.Option(help="2-D toy: normalised margin ≤ 1 + tol is 'on the margin'.")] = 0.1,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where to write (default: the first dir).")] = None,
     device: Device = "cpu",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an earlier evaluation in the output directory.")
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Match each training image to its nearest candidate, score both SSIMs, write metrics and figures."""
@@ -232,7 +235,7 @@ def evaluate(
     with _errors():
         result = run_evaluation(
             rec_dirs, data_root=data_root, best_buddies=best_buddies, threshold=threshold, toy_radius=toy_radius,
-            margin_tol=margin_tol, device=device, out_dir=out_dir,
+            margin_tol=margin_tol, device=device, out_dir=out_dir, force=force,
         )  # fmt: skip
     if as_json:
         _print_json(result.metrics)
@@ -249,12 +252,13 @@ def report(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Where to write (default REC_DIR/report.html).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing report.")] = False,
 ) -> None:
     """Write one self-contained report.html (figures embedded) for an evaluated reconstruction."""
     from kktrecon.reporting import report as write_report
 
     with _errors():
-        path = write_report(rec_dir, out=out_file)
+        path = write_report(rec_dir, out=out_file, force=force)
     out.print(f"report: {path}", highlight=False)
 
 

@@ -201,8 +201,8 @@ def demo(
 
     start = time.perf_counter()
     console.rule("3/3 match, score and report")
-    result = evaluate(out / "reconstruction", data_root=data_root)
-    html = report(out / "reconstruction")
+    result = evaluate(out / "reconstruction", data_root=data_root, force=True)
+    html = report(out / "reconstruction", force=True)
     seconds["evaluate_and_report"] = time.perf_counter() - start
     summary = DemoResult(out=out, report=html, metrics=result.metrics, seconds=seconds)
     record = read_json(out / DEMO_FILE)

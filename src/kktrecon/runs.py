@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from kktrecon.errors import CheckpointError, ConfigError, RunDirectoryExistsError, RunFileNotFoundError, RunStateError
@@ -90,14 +90,26 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` (or None) picks CUDA when present, else CPU; anything else is passed to torch."""
-    if isinstance(name, torch.device):
-        return name
+    """``auto`` (or None) picks CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` when available.
+
+    Raises:
+        ConfigError: an unknown device name, ``meta`` (holds no data), or a device this machine lacks.
+    """
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"Expected `device` to be available. Got {name!r} but CUDA is not available here.")
+    try:
+        device = name if isinstance(name, torch.device) else torch.device(str(name))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"Expected `device` to be auto, cpu, cuda, cuda:N or mps. Got {name!r}.") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count()),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if device.type not in available:
+        raise ConfigError(f"Expected `device` to be auto, cpu, cuda, cuda:N or mps. Got {name!r}.")
+    if not available[device.type]:
+        raise ConfigError(f"Expected `device` to be available. Got {name!r}, which this machine does not have.")
     return device
 
 
@@ -133,10 +145,19 @@ def save_state(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[st
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and ``meta`` of a :func:`save_state` checkpoint, read in one pass."""
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads((fh.metadata() or {}).get("state", "{}"))
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
+    """The tensors and ``meta`` of a :func:`save_state` checkpoint, read in one pass.
+
+    Raises:
+        CheckpointError: the file is truncated, corrupt, or not a kktrecon checkpoint.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("state", "{}"))
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} could not be read (truncated or corrupt?): {err}") from err
+    if not isinstance(meta, dict) or not meta:
+        raise CheckpointError(f"{path} is not a kktrecon checkpoint: it carries no state. Pass --force to start over.")
     return tensors, meta
 
 
@@ -175,6 +196,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     """Rebuild a config dataclass, rejecting unknown keys and restoring tuples and nested configs."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"Expected {cls.__name__} settings as a JSON object. Got {data!r}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:

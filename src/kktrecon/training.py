@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from kktrecon.attack.objectives import default_objective
+from kktrecon.checks import check_int, check_ints, check_number
 from kktrecon.data import DataConfig, Dataset, load_dataset
-from kktrecon.errors import ConfigError, RunStateError, TrainingDivergedError
-from kktrecon.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from kktrecon.errors import CheckpointError, ConfigError, RunStateError, TrainingDivergedError
+from kktrecon.models import BIAS_POLICIES, ModelConfig, build_model, load_checkpoint, save_checkpoint
 from kktrecon.progress import progress_bar
 from kktrecon.runs import (
     TRAIN_STATE_FILE,
@@ -105,16 +106,20 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"Expected `schedule` to be one of {sorted(SCHEDULES)}. Got {self.schedule!r}.")
         resolve_dtype(self.dtype)
-        if self.steps < 0:
-            raise ConfigError(f"Expected `steps` >= 0. Got {self.steps}.")
-        if not self.lr > 0:
-            raise ConfigError(f"Expected `lr` > 0. Got {self.lr}.")
-        if self.eval_every < 1:
-            raise ConfigError(f"Expected `eval_every` >= 1. Got {self.eval_every}.")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"Expected `checkpoint_every` >= 0. Got {self.checkpoint_every}.")
-        if self.loss_threshold is not None and not self.loss_threshold > 0:
-            raise ConfigError(f"Expected `loss_threshold` > 0 or None. Got {self.loss_threshold}.")
+        check_ints("hidden", self.hidden, low=1)
+        check_int("steps", self.steps, low=0)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("init_scale", self.init_scale, low=0, low_open=True)
+        if self.hidden_init_scale is not None:
+            check_number("hidden_init_scale", self.hidden_init_scale, low=0, low_open=True)
+        check_number("max_lr_factor", self.max_lr_factor, low=1)
+        check_int("seed", self.seed)
+        check_int("eval_every", self.eval_every, low=1)
+        check_int("checkpoint_every", self.checkpoint_every, low=0)
+        if self.loss_threshold is not None:
+            check_number("loss_threshold", self.loss_threshold, low=0, low_open=True)
+        if self.bias not in BIAS_POLICIES:
+            raise ConfigError(f"Expected `bias` to be one of {sorted(BIAS_POLICIES)}. Got {self.bias!r}.")
 
     def model_config(self, data: Dataset) -> ModelConfig:
         outputs = 1 if data.num_classes == 2 else data.num_classes
@@ -189,6 +194,8 @@ def _save_state(path: Path, model: nn.Module, progress: _Progress, config: Train
 def _load_state(path: Path, model: nn.Module, config: TrainConfig) -> _Progress:
     tensors, meta = load_state(path)
     check_resumable(meta.get("config", {}), config_to_dict(config), where=path.parent, free=_FREE_ON_RESUME)
+    if sorted(tensors) != sorted(model.state_dict()) or not {"step", "history", "elapsed"} <= set(meta):
+        raise CheckpointError(f"{path} does not hold this victim's weights; pass --force to start over.")
     if meta["step"] > config.steps:
         raise RunStateError(
             f"Cannot resume {path.parent} at {config.steps} steps: it has already run {meta['step']}. "
@@ -242,8 +249,8 @@ def train(
     elif data.config != config.data:
         raise ConfigError(f"Expected `data` loaded with {config.data}. Got {data.config}.")
     data = _on(data, dev, dtype)
-    run = open_run(out, VICTIM_RUN, force=force, resume=resume) if out is not None else None
     model = build_model(config.model_config(data), seed=config.seed, device=dev, dtype=dtype)
+    run = open_run(out, VICTIM_RUN, force=force, resume=resume) if out is not None else None
     state = _Progress()
     if run is not None and run.status == "finished":
         finished = _finished_result(run, config, dev, dtype)

@@ -108,9 +108,8 @@ def diagnose(
     """
     dev = resolve_device(device)
     if isinstance(victim, (str, Path)):
-        model, manifest = load_checkpoint(victim, device=dev, dtype=torch.float64)
-        data = load_dataset(config_from_dict(DataConfig, manifest["data"]), data_root=data_root, dtype=torch.float64)
-        x, signs = data.x_train, data.signs
+        loaded = load_victim(victim, data_root=data_root, device=dev, dtype=torch.float64)
+        model, x, signs = loaded.model, loaded.dataset.x_train, loaded.dataset.signs
     elif x is None or signs is None:
         raise ConfigError("Expected `x` and `signs` when `victim` is a model. Got None.")
     else:

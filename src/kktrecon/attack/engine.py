@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,8 @@ from torch import nn
 
 from kktrecon.attack.kkt import stationarity_residual
 from kktrecon.attack.objectives import Objective, get_objective
-from kktrecon.errors import ConfigError, ReconstructionDivergedError, RunStateError
+from kktrecon.checks import check_int, check_number, is_int
+from kktrecon.errors import CheckpointError, ConfigError, ReconstructionDivergedError, RunStateError
 from kktrecon.models import MLP, load_checkpoint, warn_if_unsupported, weights_fingerprint, with_modified_relu
 from kktrecon.progress import progress_bar
 from kktrecon.runs import (
@@ -99,21 +102,19 @@ class ReconstructionConfig:
 
     def __post_init__(self) -> None:
         resolve_dtype(self.dtype)
-        if self.candidates is not None and (self.candidates < 2 or self.candidates % 2):
+        if self.candidates is not None and (not is_int(self.candidates) or self.candidates < 2 or self.candidates % 2):
             raise ConfigError(
                 f"Expected `candidates` to be an even number >= 2 (half per label). Got {self.candidates}."
             )
         for name in ("init_scale", "lr", "alpha", "box"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"Expected `{name}` > 0. Got {getattr(self, name)}.")
-        for name in ("lambda_lr", "lambda_min", "momentum", "kkt_weight", "prior_weight", "lambda_weight"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"Expected `{name}` >= 0. Got {getattr(self, name)}.")
-        if self.iterations < 0 or self.checkpoint_every < 0 or self.log_every < 1:
-            raise ConfigError(
-                "Expected `iterations` >= 0, `checkpoint_every` >= 0, `log_every` >= 1. "
-                f"Got {self.iterations}, {self.checkpoint_every}, {self.log_every}."
-            )
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        for name in ("lambda_lr", "lambda_min", "kkt_weight", "prior_weight", "lambda_weight"):
+            check_number(name, getattr(self, name), low=0)
+        check_number("momentum", self.momentum, low=0, high=1, high_open=True)
+        check_int("iterations", self.iterations, low=0)
+        check_int("checkpoint_every", self.checkpoint_every, low=0)
+        check_int("log_every", self.log_every, low=1)
+        check_int("seed", self.seed)
 
 
 @dataclass
@@ -223,6 +224,8 @@ class _AttackState:
     def restore(self, path: Path, meta: dict[str, Any], config: ReconstructionConfig) -> None:
         """Load ``path`` after checking it was made with ``config`` on the same victim (``meta``)."""
         tensors, saved = load_state(path)
+        if not {"x", "lam", "rng"} <= set(tensors) or not {"iteration", "history", "seconds"} <= set(saved):
+            raise CheckpointError(f"{path} is not an attack checkpoint; pass --force to start over.")
         check_resumable(saved.get("config", {}), meta["config"], where=path.parent, free=_FREE_ON_RESUME)
         if saved.get("victim") != meta["victim"]:
             raise RunStateError(
@@ -289,7 +292,10 @@ def reconstruct(
     n = n_train if n_train is not None else info["n_train"]
     if config.candidates is None and n is None:
         raise ConfigError("Expected `candidates` or `n_train`: the victim does not record its training-set size.")
+    if config.candidates is None:
+        check_int("n_train", n, low=1)
     m = config.candidates if config.candidates is not None else 2 * int(n)
+    _check_memory(m, tuple(info["input_shape"]), dtype, dev)
     attack_model = with_modified_relu(model, config.alpha)
     for p in attack_model.parameters():
         p.requires_grad_(True)
@@ -307,6 +313,20 @@ def reconstruct(
         result.out_dir = run.path
         _write_result(run.path, result, config, info, m, dev)
     return result
+
+
+def _check_memory(m: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse an attack whose candidates alone (x, its gradient and momentum) exceed the device's memory."""
+    need = 3 * m * math.prod(shape) * torch.finfo(dtype).bits // 8
+    if device.type == "cuda":
+        have = torch.cuda.mem_get_info(device)[1]
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else need
+    if need > have:
+        raise ConfigError(
+            f"Expected the candidates to fit in memory: {m} candidates of shape {shape} need {need / 2**30:.1f} GiB "
+            f"for x, its gradient and momentum alone; {device} has {have / 2**30:.1f} GiB. Lower --candidates."
+        )
 
 
 def _finished_as_asked(run: Run, config: ReconstructionConfig, meta: dict[str, Any]) -> bool:

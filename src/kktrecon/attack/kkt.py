@@ -23,7 +23,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
-from kktrecon.errors import ConfigError
+from kktrecon.errors import ConfigError, UnsupportedModelError
 
 __all__ = [
     "KKTDiagnosis",
@@ -160,6 +160,11 @@ def diagnose_model(
         non-negative combination of the per-sample gradients explains any of θ.
     """
     model = copy.deepcopy(model).to(device=device, dtype=torch.float64)
+    if all(float(p.detach().abs().max()) == 0.0 for p in model.parameters()):
+        raise UnsupportedModelError(
+            "Every parameter of the victim is zero: Φ ≡ 0 has no margin and θ = 0 is trivially stationary, so "
+            "there is no KKT point to speak of. Is this a trained model?"
+        )
     x = x.to(device=device, dtype=torch.float64)
     signs = signs.to(device=device, dtype=torch.float64)
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kktrecon.checks import is_int
 from kktrecon.data.registry import get_spec
 from kktrecon.errors import DataError
 from kktrecon.runs import resolve_device, resolve_dtype
@@ -65,10 +66,6 @@ class DataConfig:
                 raise DataError(f"Expected `{name}` to be a positive integer. Got {value!r}.")
         if not is_int(self.seed):
             raise DataError(f"Expected `seed` to be an integer. Got {self.seed!r}.")
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass

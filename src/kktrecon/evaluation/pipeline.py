@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kktrecon.errors import ConfigError
+from kktrecon.errors import ConfigError, RunDirectoryExistsError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.outputs import forward_chunked, normalised_margins, outputs_and_margins
 from kktrecon.evaluation.scores import Scores, image_metrics, score_candidates
@@ -370,6 +370,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     out_dir: str | Path | None = None,
     figures: bool = True,
+    force: bool = False,
     **overrides: Any,
 ) -> EvaluationResult:
     """Score the candidates of one or more reconstructions of a victim against its training set.
@@ -386,6 +387,7 @@ def evaluate(
         device: where to run the victim and the scoring.
         out_dir: where to write; defaults to the first reconstruction directory.
         figures: draw the figures (``fig_pairs.png``, ``fig_ssim_vs_output.png`` or ``fig_toy.png``).
+        force: replace an earlier evaluation in the output directory (refused otherwise).
 
     Returns:
         :class:`EvaluationResult`, with ``out_dir`` and ``files`` set.
@@ -398,6 +400,11 @@ def evaluate(
         FileNotFoundError: when a directory lacks its files.
     """
     pooled = load_candidates(rec_dirs)
+    target = Path(out_dir) if out_dir is not None else pooled.rec_dirs[0]
+    if (target / METRICS_FILE).exists() and not force:
+        raise RunDirectoryExistsError(
+            f"{target} already holds an evaluation ({METRICS_FILE}); pass --force to replace it, or --out elsewhere."
+        )
     victim = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
     ds = victim.dataset
     result = evaluate_candidates(
@@ -425,5 +432,5 @@ def evaluate(
             "versions": package_versions(),
         }
     )
-    write_evaluation(result, Path(out_dir) if out_dir is not None else pooled.rec_dirs[0], figures=figures)
+    write_evaluation(result, target, figures=figures)
     return result

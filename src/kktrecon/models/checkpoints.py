@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
 from kktrecon.errors import CheckpointError
-from kktrecon.models.registry import architecture_of, get_architecture
+from kktrecon.models.registry import architecture_of, get_architecture, parameter_shapes
 from kktrecon.runs import (
     VICTIM_FILE,
     VICTIM_WEIGHTS_FILE,
@@ -25,7 +25,7 @@ from kktrecon.runs import (
     resolve_device,
 )
 
-__all__ = ["load_checkpoint", "save_checkpoint", "weights_fingerprint"]
+__all__ = ["check_state_dict", "load_checkpoint", "read_header", "save_checkpoint", "weights_fingerprint"]
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -76,25 +76,81 @@ def load_checkpoint(
         config = config_from_dict(arch.config, manifest["model"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{run_dir / VICTIM_FILE}: invalid 'model' section: {err}") from err
+    if not isinstance(manifest["model"], dict):
+        raise CheckpointError(f"{run_dir / VICTIM_FILE}: expected 'model' to be an object. Got {manifest['model']!r}.")
+    header = read_header(weights_path)
+    check_state_dict(
+        parameter_shapes(config), header, where=str(weights_path), against=f"the architecture in {VICTIM_FILE}"
+    )
     try:
         tensors = st_load(weights_path.read_bytes())
     except (SafetensorError, ValueError, OSError) as err:
         raise CheckpointError(f"{weights_path} could not be read (truncated or corrupt?): {err}") from err
-    model = arch.build(config, torch.Generator())
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if expected != got:
-        missing = sorted(set(expected) - set(got))
-        extra = sorted(set(got) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        raise CheckpointError(
-            f"{weights_path} does not match the architecture in {VICTIM_FILE}: missing {missing}, unexpected "
-            f"{extra}, wrong shape {[(k, got[k], expected[k]) for k in wrong]}."
-        )
     bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
     if bad:
         raise CheckpointError(f"{weights_path} holds NaN or Inf values in {bad}.")
     stored = {v.dtype for v in tensors.values()}
+    model = arch.build(config, torch.Generator())
     model.load_state_dict(tensors)
     target = dtype if dtype is not None else (stored.pop() if len(stored) == 1 else torch.float32)
     return model.to(device=resolve_device(device), dtype=target), manifest
+
+
+def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor in a safetensors file, from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            slices = {k: fh.get_slice(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is no dict)
+            return {k: (tuple(v.get_shape()), _DTYPES.get(v.get_dtype())) for k, v in slices.items()}
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(f"{path} could not be read (truncated or corrupt?): {err}") from err
+
+
+def check_state_dict(
+    expected: dict[str, tuple[int, ...]],
+    got: dict[str, tuple[tuple[int, ...], torch.dtype | None]],
+    *,
+    where: str,
+    against: str = "the architecture",
+) -> None:
+    """Refuse weights whose names, shapes or dtypes do not fit the architecture; name the first misfit.
+
+    Raises:
+        CheckpointError: a missing, unexpected or misshapen tensor, or one that is not floating point.
+    """
+    shapes = {k: shape for k, (shape, _) in got.items()}
+    if shapes != expected:
+        missing = sorted(set(expected) - set(shapes))
+        extra = sorted(set(shapes) - set(expected))
+        wrong = [k for k in expected if k in shapes and expected[k] != shapes[k]]
+        first = (
+            f"tensor {wrong[0]!r} has shape {shapes[wrong[0]]}, expected {expected[wrong[0]]}"
+            if wrong
+            else f"tensor {missing[0]!r} is missing"
+            if missing
+            else f"tensor {extra[0]!r} is not part of the architecture"
+        )
+        raise CheckpointError(
+            f"{where} does not match {against}: {first}. Missing {missing}, unexpected {extra}, "
+            f"wrong shape {[(k, shapes[k], expected[k]) for k in wrong]}."
+        )
+    not_float = sorted(k for k, (_, dt) in got.items() if dt is None or not dt.is_floating_point)
+    if not_float:
+        raise CheckpointError(
+            f"{where}: expected floating-point weights. Got {[(k, str(got[k][1])) for k in not_float]}."
+        )
+
+
+# safetensors dtype names -> torch dtypes (unknown names map to None and are refused).
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kktrecon.checks import check_int, check_ints, check_number
 from kktrecon.errors import ConfigError
 from kktrecon.models.registry import Architecture, register_architecture
 
@@ -55,16 +56,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.bias not in BIAS_POLICIES:
             raise ConfigError(f"Expected `bias` to be one of {sorted(BIAS_POLICIES)}. Got {self.bias!r}.")
-        if not self.input_shape or any(int(d) <= 0 for d in self.input_shape):
+        if not self.input_shape:
             raise ConfigError(f"Expected `input_shape` to be positive dimensions. Got {self.input_shape}.")
-        if any(int(w) <= 0 for w in self.hidden):
-            raise ConfigError(f"Expected `hidden` widths to be positive. Got {self.hidden}.")
-        if self.num_outputs < 1:
-            raise ConfigError(f"Expected `num_outputs` >= 1. Got {self.num_outputs}.")
-        if not self.init_scale > 0:
-            raise ConfigError(f"Expected `init_scale` > 0. Got {self.init_scale}.")
-        if self.hidden_init_scale is not None and not self.hidden_init_scale > 0:
-            raise ConfigError(f"Expected `hidden_init_scale` > 0 or None. Got {self.hidden_init_scale}.")
+        check_ints("input_shape", self.input_shape, low=1)
+        check_ints("hidden", self.hidden, low=1)
+        check_int("num_outputs", self.num_outputs, low=1)
+        check_number("init_scale", self.init_scale, low=0, low_open=True)
+        if self.hidden_init_scale is not None:
+            check_number("hidden_init_scale", self.hidden_init_scale, low=0, low_open=True)
 
     @property
     def input_dim(self) -> int:
@@ -125,6 +124,7 @@ register_architecture(
     Architecture(
         name="mlp",
         config=ModelConfig,
+        module=MLP,
         build=build_mlp,
         description="ReLU MLP d-…-K with a bias policy (the paper's victims)",
     )

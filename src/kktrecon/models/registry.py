@@ -22,6 +22,7 @@ __all__ = [
     "architecture_of",
     "build_model",
     "get_architecture",
+    "parameter_shapes",
     "register_architecture",
 ]
 
@@ -34,12 +35,16 @@ class Architecture:
         name: registry key, recorded in every checkpoint (``"mlp"``).
         config: the frozen dataclass that describes one instance (it has ``input_shape`` and
             ``num_outputs``).
-        build: ``build(config, generator)`` returns the initialised module on the CPU in float32.
+        module: ``module(config)`` constructs the network (PyTorch's default initialisation); built
+            on the ``meta`` device it gives the parameter shapes without allocating them.
+        build: ``build(config, generator)`` returns it initialised as the reference does, on the CPU
+            in float32.
         description: one line for help texts.
     """
 
     name: str
     config: type
+    module: Callable[[Any], nn.Module]
     build: Callable[[Any, torch.Generator], nn.Module]
     description: str = ""
 
@@ -78,3 +83,10 @@ def build_model(
     """A freshly initialised victim for ``config``, deterministic in ``seed``, on ``device`` in ``dtype``."""
     gen = torch.Generator().manual_seed(seed)
     return architecture_of(config).build(config, gen).to(device=device, dtype=dtype)
+
+
+def parameter_shapes(config: Any) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the state dict of ``config``'s network, allocating nothing."""
+    with torch.device("meta"):
+        skeleton = architecture_of(config).module(config)
+    return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}

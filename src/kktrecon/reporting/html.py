@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from kktrecon.errors import RunFileNotFoundError
+from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunFileNotFoundError
 from kktrecon.reporting.figures import FIG_PAIRS, FIG_SCATTER, FIG_TOY, FIGURES, figure_png, plot_loss_history
 from kktrecon.runs import (
     METRICS_FILE,
@@ -150,7 +150,7 @@ def headline(metrics: dict[str, Any]) -> tuple[str, str]:
     return head, sub
 
 
-def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
+def report(rec_dir: str | Path, *, out: str | Path | None = None, force: bool = False) -> Path:
     """Write one self-contained ``report.html`` for an evaluated reconstruction.
 
     The page opens offline: the headline result first, the summary metrics, the figures (embedded as
@@ -160,7 +160,9 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
 
     Args:
         rec_dir: the directory :func:`kktrecon.evaluation.evaluate` wrote into (holds ``metrics.json``).
-        out: the file to write (a directory gets ``report.html`` inside); default ``rec_dir/report.html``.
+        out: the ``.html`` file to write (a directory gets ``report.html`` inside); default
+            ``rec_dir/report.html``.
+        force: replace an existing report (refused otherwise; a file that is not ``.html`` never is).
 
     Returns:
         The path of the written report.
@@ -168,8 +170,11 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
     Raises:
         RunFileNotFoundError: when ``metrics.json`` or ``per_sample.csv`` is missing (run
             ``kktrecon evaluate`` first).
+        RunDirectoryExistsError: the target exists and ``force`` was not given.
+        ConfigError: the target is not an ``.html`` file.
     """
     rec_dir = Path(rec_dir)
+    target = _report_target(rec_dir, out, force=force)
     metrics, rows = _read_evaluation(rec_dir)
     notes: list[str] = []
     head, sub = headline(metrics)
@@ -185,10 +190,18 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None) -> Path:
     for text in notes:
         warnings.warn(text, stacklevel=2)
     parts[notes_at:notes_at] = [f'<p class="note">{_e(text)}</p>' for text in notes]
+    atomic_write_text(target, _page(title, parts))
+    return target
+
+
+def _report_target(rec_dir: Path, out: str | Path | None, *, force: bool) -> Path:
     target = Path(out) if out is not None else rec_dir / REPORT_FILE
     if target.is_dir():
         target = target / REPORT_FILE
-    atomic_write_text(target, _page(title, parts))
+    if target.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"Expected the report's --out to be an .html file or a directory. Got {target}.")
+    if target.exists() and not force:
+        raise RunDirectoryExistsError(f"{target} already exists; pass --force to replace it.")
     return target
 
 
