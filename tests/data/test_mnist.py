@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -19,7 +20,16 @@ from kktrecon.data import (
     load_dataset,
     make_sample,
 )
-from tests.data.oracles import MNIST_NAMES, as_uint8, first_per_class, raw_dir, read_idx, read_mnist, write_gz_idx
+from tests.data.oracles import (
+    MNIST_NAMES,
+    as_uint8,
+    first_per_class,
+    raw_dir,
+    read_idx,
+    read_mnist,
+    write_gz_idx,
+    write_idx_bomb,
+)
 
 # --- MNIST on the real subset ---------------------------------------------------------------------
 
@@ -198,6 +208,43 @@ def test_too_few_of_a_class_says_how_many(tmp_mnist):
         NotEnoughSamplesError, match=rf"n_per_class`=60 images of class '{short}'.*only {counts[short]}\b"
     ):
         load_dataset(data_root=tmp_mnist, task="digits", n_per_class=60, test_per_class=5)
+
+
+def load_traced(root) -> tuple[CorruptDataError, int]:
+    """The error load_dataset raises on ``root``, and the peak of memory traced while it ran."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDataError) as info:
+            load_dataset(data_root=root, n_per_class=5, test_per_class=5)
+        return info.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+def test_idx_bomb_is_refused_without_inflating(tmp_mnist, suffix):
+    # A header promising 5 images, then 200 MiB of zeros: ~1 MB gzipped, sparse when plain. The old
+    # reader decompressed (or read) all of it before comparing with the header.
+    zeros = 200 << 20
+    path = raw_dir(tmp_mnist) / f"train-images-idx3-ubyte{suffix}"
+    write_idx_bomb(path, 2051, (5, 28, 28), zeros)
+    assert path.stat().st_size < 2 << 20 or suffix == ""
+    error, peak = load_traced(tmp_mnist)
+    assert str(path) in str(error)
+    assert "header promises 5 items, so expected 3936 bytes" in str(error) and "(trailing bytes)" in str(error)
+    assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB for {zeros >> 20} MiB of payload"
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+def test_idx_header_promising_too_many_items_is_refused_before_reading(tmp_mnist, suffix):
+    # IDX counts are 32-bit, so 4e9 images (3 TB) is about the most a header can promise. The old
+    # reader read the whole payload first (64 MiB here) and then called the file "truncated".
+    path = raw_dir(tmp_mnist) / f"train-images-idx3-ubyte{suffix}"
+    write_idx_bomb(path, 2051, (4_000_000_000, 28, 28), 64 << 20)
+    error, peak = load_traced(tmp_mnist)
+    assert f"{path}: expected an IDX header promising at most 100000000 items. Got 4000000000" in str(error)
+    assert "refused before reading the payload" in str(error)
+    assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
 # --- the embedded sample --------------------------------------------------------------------------

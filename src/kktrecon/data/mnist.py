@@ -7,7 +7,9 @@ shared subsets (17,435 training images) and the embedded sample read like the fu
 from __future__ import annotations
 
 import gzip
+import io
 import math
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -31,39 +33,81 @@ _MNIST_FILES = (
 )
 
 
-def _read_maybe_gz(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if path.suffix != ".gz":
-        return raw
+#: More items than any real IDX file holds (MNIST has 70,000): a header asking for more is refused
+#: before anything is read, so a few header bytes cannot request terabytes.
+_MAX_ITEMS = 10**8
+_CHUNK = 1 << 20
+
+
+def _open_idx(path: Path) -> io.BufferedIOBase:
+    # gzip.open streams: nothing is inflated until it is read.
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def _read_upto(path: Path, fh: io.BufferedIOBase, limit: int) -> bytearray:
+    """Up to ``limit`` bytes in chunks, so memory follows what the file really holds, not what it claims."""
+    buffer = bytearray()
     try:
-        return gzip.decompress(raw)
+        while len(buffer) < limit:
+            chunk = fh.read(min(_CHUNK, limit - len(buffer)))
+            if not chunk:
+                break
+            buffer += chunk
     except (OSError, EOFError, zlib.error) as err:
+        if path.suffix != ".gz":
+            raise
         raise CorruptDataError(f"{path} is not a complete gzip file (truncated or corrupt?): {err}") from err
+    return buffer
+
+
+def _check_header(path: Path, header: bytes, magic: int, item_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The dimensions of a complete IDX header with the right magic number, item shape and a sane count."""
+    ndim = 1 + len(item_shape)
+    if len(header) < 4 + 4 * ndim:
+        raise CorruptDataError(
+            f"{path} is too short for an IDX header: expected at least {4 + 4 * ndim} bytes, got {len(header)}."
+        )
+    (got_magic,) = struct.unpack(">I", header[:4])
+    if got_magic != magic:
+        raise CorruptDataError(f"{path}: expected IDX magic number {magic}. Got {got_magic}.")
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    if tuple(dims[1:]) != item_shape:
+        raise CorruptDataError(f"{path}: expected items of shape {item_shape}. Got {tuple(dims[1:])}.")
+    if dims[0] > _MAX_ITEMS:
+        raise CorruptDataError(
+            f"{path}: expected an IDX header promising at most {_MAX_ITEMS} items. Got {dims[0]}; "
+            "refused before reading the payload."
+        )
+    return dims
+
+
+def _size_mismatch(path: Path, dims: tuple[int, ...], expected: int, got: int | None) -> CorruptDataError:
+    """The error for a payload that disagrees with its header; ``got=None``: more than expected, size unknown."""
+    problem = "trailing bytes" if got is None or got > expected else "truncated"
+    return CorruptDataError(
+        f"{path}: the header promises {dims[0]} items, so expected {expected} bytes"
+        f"{' (uncompressed)' if path.suffix == '.gz' else ''}; got {'more' if got is None else got} ({problem})."
+    )
 
 
 def read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes, taking the item count from the header and checking the rest."""
-    data = _read_maybe_gz(path)
-    ndim = 1 + len(item_shape)
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise CorruptDataError(
-            f"{path} is too short for an IDX header: expected at least {header} bytes, got {len(data)}."
-        )
-    (got_magic,) = struct.unpack(">I", data[:4])
-    if got_magic != magic:
-        raise CorruptDataError(f"{path}: expected IDX magic number {magic}. Got {got_magic}.")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    if tuple(dims[1:]) != item_shape:
-        raise CorruptDataError(f"{path}: expected items of shape {item_shape}. Got {tuple(dims[1:])}.")
-    expected = header + math.prod(dims)
-    if len(data) != expected:
-        problem = "truncated" if len(data) < expected else "trailing bytes"
-        raise CorruptDataError(
-            f"{path}: the header promises {dims[0]} items, so expected {expected} bytes"
-            f"{' (uncompressed)' if path.suffix == '.gz' else ''}; got {len(data)} ({problem})."
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    """Parse an IDX file of unsigned bytes, taking the item count from the header and checking the rest.
+
+    The header is read and checked first; then at most one byte more than it promises is read (a
+    plain file's size is compared before reading), so a gzip bomb or a lying header is refused
+    without inflating or allocating what it claims.
+    """
+    header_size = 4 + 4 * (1 + len(item_shape))
+    with _open_idx(path) as fh:
+        dims = _check_header(path, bytes(_read_upto(path, fh, header_size)), magic, item_shape)
+        expected = header_size + math.prod(dims)
+        if path.suffix != ".gz" and (size := os.fstat(fh.fileno()).st_size) != expected:
+            raise _size_mismatch(path, dims, expected, size)
+        payload = _read_upto(path, fh, expected - header_size + 1)
+    got = header_size + len(payload)
+    if got != expected:
+        raise _size_mismatch(path, dims, expected, None if got > expected and path.suffix == ".gz" else got)
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
 
 
 def _read_mnist_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
