@@ -25,7 +25,8 @@ def test_demo_runs_offline_and_writes_a_report(tmp_path) -> None:
     result = demo(tmp_path / "d", config=TINY, progress=False)
     assert result.report.is_file() and result.report.name == "report.html"
     assert result.metrics["n_train"] == 6 and result.metrics["n_candidates"] == 8
-    assert "of 6 training images reconstructed" in result.headline
+    assert "of 6 training images recovered" in result.headline and "held-out" in result.headline
+    assert result.metrics["held_out"]["count"] == 40  # the test split of the embedded sample: 2 × 20
     record = json.loads((tmp_path / "d" / "demo.json").read_text())
     assert record["headline"] == result.headline and set(record["seconds"]) == {
         "train",

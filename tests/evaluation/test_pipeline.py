@@ -105,6 +105,8 @@ def fake_victim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamesp
         train_indices=torch.arange(100, 106),
         class_names=("odd", "even"),
         is_image=True,
+        x_test=_images(4, seed=21)[0],
+        config=SimpleNamespace(dataset="fake", task="t", test_per_class=2),
     )
     victim = Victim(model=model, manifest=manifest, dataset=dataset, downsample=1, run_dir=run_dir)
     loaded: list[Path] = []
@@ -218,8 +220,8 @@ def test_end_to_end_mnist_sample(tmp_path: Path) -> None:
     from kktrecon.reporting import report
 
     page = report(rec).read_text(encoding="utf-8")
-    assert f"{m['n_reconstructed']} of 8 training images reconstructed" in page and "init_scale" in page
-    assert "Chance level" in page
+    assert f"{m['n_recovered']} of 8 training images recovered" in page and "init_scale" in page
+    assert "the nearest other training image for" in page and "held-out look-alike" in page
 
 
 def test_end_to_end_toy(tmp_path: Path) -> None:

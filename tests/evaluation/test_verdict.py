@@ -1,10 +1,11 @@
-"""Baselines: the chance level of look-alike training images."""
+"""The verdict: recovered against training ∪ held-out, controls on real data, and the chance level."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from kktrecon.data import DATASETS, load_dataset
 from kktrecon.evaluation import (
     chance_level,
     evaluate_candidates,
@@ -24,3 +25,60 @@ def test_chance_level_never_matches_an_image_to_itself() -> None:
     assert r.metrics["chance_median_ssim_aligned"] == pytest.approx(float(base.ssim_aligned.median()))
     with pytest.raises(ValueError, match="at least two training images"):
         chance_level(train[:1], mean)
+
+
+# --- the recovered criterion: controls on real data ---------------------------------------------------
+
+
+def _task(data_root, dataset: str, task: str):
+    from kktrecon.evaluation.pipeline import held_out_pool
+
+    ds = load_dataset(dataset=dataset, task=task, n_per_class=10, test_per_class=100, data_root=data_root,
+                      dtype=torch.float64)  # fmt: skip
+    held_out, source = held_out_pool(ds, None)
+    return ds, held_out, source, DATASETS[dataset].match_downsample
+
+
+def _evaluate(cands, ds, held_out, source, downsample, **config):
+    return evaluate_candidates(
+        cands, ds.x_train, ds.y_train, ds.mean, outputs=torch.ones(len(ds.x_train)), downsample=downsample,
+        held_out=held_out, held_out_source=source, **config,
+    ).metrics  # fmt: skip
+
+
+@pytest.mark.parametrize(("dataset", "task"), [("mnist", "odd-even"), ("cifar10", "vehicles-animals")])
+def test_held_out_images_as_candidates_recover_nothing(data_root, dataset, task) -> None:
+    ds, held_out, source, downsample = _task(data_root, dataset, task)
+    assert len(held_out) == 200 and "test split" in source
+    m = _evaluate(held_out, ds, held_out, source, downsample)
+    assert m["n_recovered"] == 0
+    assert m["held_out"] == {"count": 200, "source": source}
+    # The control can fail: judged by SSIM alone (no pool), some of these never-seen images do count.
+    loose = _evaluate(held_out, ds, held_out[:0], source, downsample)
+    assert loose["n_recovered"] is None and loose["n_reconstructed"] >= (20 if dataset == "mnist" else 1)
+
+
+@pytest.mark.parametrize(("dataset", "task"), [("mnist", "odd-even"), ("cifar10", "vehicles-animals")])
+def test_training_images_as_candidates_are_all_recovered(data_root, dataset, task) -> None:
+    ds, held_out, source, downsample = _task(data_root, dataset, task)
+    m = _evaluate(ds.x_train, ds, held_out, source, downsample)
+    assert m["n_recovered"] == 20 and m["median_distance_ratio"] == 0.0
+    # ... and a criterion tightened past the truth (SSIM must exceed 1) recovers none: the count is not fixed.
+    assert _evaluate(ds.x_train, ds, held_out, source, downsample, threshold=1.0)["n_recovered"] == 0
+
+
+def test_a_look_alike_nearer_to_a_held_out_image_does_not_count() -> None:
+    train, mean = _images(4, seed=30)
+    held = _images(3, seed=31)[0]
+    g = torch.Generator().manual_seed(32)
+    near_train = train[1] + 0.05 * torch.randn(train[1].shape, generator=g, dtype=torch.float64)
+    near_held = held[2] + 0.05 * torch.randn(held[2].shape, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 1])
+    r = evaluate_candidates(torch.stack([near_train, near_held]), train, labels, mean, outputs=torch.ones(4),
+                            held_out=held)  # fmt: skip
+    assert r.verdict.recovered.tolist() == [False, True, False, False]
+    assert int(r.verdict.candidate[1]) == 0
+    assert r.metrics["n_recovered"] == 1
+    without_pool = evaluate_candidates(torch.stack([near_train, near_held]), train, labels, mean,
+                                       outputs=torch.ones(4))  # fmt: skip
+    assert without_pool.metrics["n_recovered"] is None  # no pool, no verdict: look-alikes cannot be told apart

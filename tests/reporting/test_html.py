@@ -30,9 +30,9 @@ def test_report_headline_comes_first_and_names_both_metrics(tmp_path: Path) -> N
     rec = _evaluated_dir(tmp_path)
     page = report(rec).read_text(encoding="utf-8")
     metrics = json.loads((rec / "metrics.json").read_text())
-    headline = f"{metrics['n_reconstructed']} of 6 training images reconstructed (SSIM &gt; 0.4)"
+    headline = f"{metrics['n_reconstructed']} of 6 training images with SSIM &gt; 0.4 (no held-out pool)"
     assert headline in page
-    assert f"min-max as in the paper: {metrics['n_reconstructed_reference']} of 6" in page
+    assert f"the paper&#x27;s min-max protocol: {metrics['n_reconstructed_reference']} of 6" in page
     assert page.index(headline) < page.index("<table")
     assert page.index(headline) < page.index("<th>ssim_aligned</th>")
     # The victim's recipe is shown, its mean image is not.

@@ -20,17 +20,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kktrecon.checks import check_int
+from kktrecon.data import Dataset
 from kktrecon.errors import ConfigError, RunDirectoryExistsError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.outputs import forward_chunked, normalised_margins, outputs_and_margins
 from kktrecon.evaluation.scores import Scores, image_metrics, score_candidates
 from kktrecon.evaluation.toy import ToyScores, score_toy, toy_grid, toy_metrics
-from kktrecon.evaluation.verdict import chance_metrics
+from kktrecon.evaluation.verdict import Verdict, chance_metrics, recovery_verdict, verdict_metrics
 from kktrecon.reporting.figures import save_figures
 from kktrecon.runs import METRICS_FILE, PER_SAMPLE_FILE, atomic_write_json, atomic_write_text, package_versions
 from kktrecon.victims import load_victim
 
-__all__ = ["EvaluationConfig", "EvaluationResult", "evaluate", "evaluate_candidates", "write_evaluation"]
+__all__ = [
+    "EvaluationConfig",
+    "EvaluationResult",
+    "evaluate",
+    "evaluate_candidates",
+    "held_out_pool",
+    "write_evaluation",
+]
 
 
 @dataclass(frozen=True)
@@ -46,14 +55,21 @@ class EvaluationConfig:
             finite training: gradient descent on the logistic loss weighs sample i by about
             exp(−qᵢ) (qᵢ its unnormalised margin), so with the smallest margin q near 7–20 a sample
             10 % further out still carries a weight of e^(−0.7)…e^(−2) relative to the support.
+        held_out: how many held-out images (the victim's test split) join the pool that decides
+            whether a training image is *recovered*; None: as many as training images, at least 200
+            (capped by what the split holds); 0: none, and then no count can tell leaks from
+            look-alikes (``n_recovered`` is not reported).
     """
 
     best_buddies: bool = False
     threshold: float = 0.4
     toy_radius: float = 0.05
     margin_tol: float = 0.1
+    held_out: int | None = None
 
     def __post_init__(self) -> None:
+        if self.held_out is not None:
+            check_int("held_out", self.held_out, low=0)
         if not (isinstance(self.threshold, int | float) and -1.0 <= self.threshold <= 1.0):
             raise ConfigError(f"Expected `threshold` to be an SSIM value in [-1, 1]. Got {self.threshold!r}.")
         if not (isinstance(self.toy_radius, int | float) and self.toy_radius > 0):
@@ -80,6 +96,7 @@ class EvaluationResult:
         candidates: the (pooled) candidates (toy only; images are summarised by ``scores.aligned``).
         candidate_labels: the candidates' labels (toy only).
         toy_grid: (xs, ys, Φ) on a grid for the decision boundary plot (toy with a model only).
+        verdict: which training images were recovered, with their baselines (images only).
         out_dir: where :func:`write_evaluation` wrote the files, once it has.
         files: the files written, by name.
     """
@@ -97,6 +114,7 @@ class EvaluationResult:
     candidates: Tensor | None = None
     candidate_labels: Tensor | None = None
     toy_grid: tuple[Any, Any, Any] | None = None
+    verdict: Verdict | None = None
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -117,6 +135,8 @@ def evaluate_candidates(
     class_names: Sequence[str] | None = None,
     is_image: bool | None = None,
     downsample: int = 1,
+    held_out: Tensor | None = None,
+    held_out_source: str = "given",
     **overrides: Any,
 ) -> EvaluationResult:
     """Evaluate a candidate set against a training set held in memory (no files read or written).
@@ -137,6 +157,10 @@ def evaluate_candidates(
         class_names: names of the classes, indexed by label (for figures).
         is_image: whether inputs are images (N, C, H, W); default: ``x_train.dim() == 4``.
         downsample: bicubic downsampling before NCC matching (1 for MNIST, 2 for CIFAR-10).
+        held_out: images of the same task the victim never saw, mean-subtracted like ``x_train``
+            (h, *input_shape): the pool a candidate must be nearer to the training image than to.
+            None: no pool, so ``n_recovered`` is not reported.
+        held_out_source: where ``held_out`` came from, for ``metrics.json``.
         config: matching and counting settings; keyword ``overrides`` replace its fields
             (``best_buddies``, ``threshold``, ``toy_radius``, ``margin_tol``).
 
@@ -171,8 +195,12 @@ def evaluate_candidates(
         "min_margin": min_margin,
     }
     scores: Scores | ToyScores
+    verdict = None
     if is_image:
-        scores = _score_images(candidates.detach(), x_train.detach(), mean.detach(), downsample, config, metrics)
+        pool = (held_out if held_out is not None else x_train[:0]).detach()
+        images = (candidates.detach(), x_train.detach(), mean.detach())
+        scores, verdict, found = _score_images(*images, pool, held_out_source, downsample, config)
+        metrics.update(found)
     else:
         scores = score_toy(
             candidates.detach().flatten(1), x_train.detach().flatten(1), best_buddies=config.best_buddies
@@ -183,7 +211,7 @@ def evaluate_candidates(
     columns = dict(
         source_index=source_index, labels=labels, phi=phi, margins=margins, normalised=normalised, lam=lam_cpu
     )
-    rows = _rows(scores, provenance.detach().to("cpu", torch.int64), config, **columns)
+    rows = _rows(scores, provenance.detach().to("cpu", torch.int64), config, verdict=verdict, **columns)
     result = EvaluationResult(
         metrics=metrics,
         rows=rows,
@@ -193,6 +221,7 @@ def evaluate_candidates(
         outputs=phi,
         margins=margins,
         class_names=tuple(class_names),
+        verdict=verdict,
     )
     _attach_inputs(result, candidates, x_train, mean, candidate_labels=candidate_labels, model=model)
     return result
@@ -223,15 +252,33 @@ def _check_shapes(
 
 
 def _score_images(
-    candidates: Tensor, x_train: Tensor, mean: Tensor, downsample: int, config: EvaluationConfig, metrics: dict
-) -> Scores:
-    """Match and score every training image; add the counts and the chance level to ``metrics``."""
+    candidates: Tensor,
+    x_train: Tensor,
+    mean: Tensor,
+    held_out: Tensor,
+    source: str,
+    downsample: int,
+    config: EvaluationConfig,
+) -> tuple[Scores, Verdict, dict[str, Any]]:
+    """Match and score every training image, then the verdict against training ∪ held-out; their metrics."""
     scores = score_candidates(candidates, x_train, mean, downsample=downsample, best_buddies=config.best_buddies)
+    verdict = recovery_verdict(
+        candidates,
+        x_train,
+        held_out.to(x_train),
+        mean,
+        scores.match,
+        threshold=config.threshold,
+        downsample=downsample,
+        best_buddies=config.best_buddies,
+    )
     scores = Scores(**{k: v.to("cpu") for k, v in vars(scores).items()})
-    metrics.update(image_metrics(scores, threshold=config.threshold, downsample=downsample))
+    metrics = image_metrics(scores, threshold=config.threshold, downsample=downsample)
     if x_train.shape[0] >= 2:
         metrics.update(chance_metrics(x_train, mean, threshold=config.threshold, downsample=downsample))
-    return scores
+    held = {"count": int(held_out.shape[0]), "source": source if len(held_out) else None}
+    metrics.update(verdict_metrics(verdict, threshold=config.threshold, held_out=held))
+    return scores, verdict, metrics
 
 
 def _rows(
@@ -245,6 +292,7 @@ def _rows(
     margins: Tensor,
     normalised: Tensor,
     lam: Tensor | None,
+    verdict: Verdict | None,
 ) -> list[dict[str, Any]]:
     """One row per training sample: its output and margin, its scores, and the matched candidate."""
     rows = []
@@ -277,8 +325,24 @@ def _rows(
         )
         if isinstance(scores, Scores):
             row.update(ncc_distance=float(scores.ncc[i]), scale=float(scores.scale[i]))
+        if verdict is not None:
+            row.update(_verdict_columns(verdict, provenance, i))
         rows.append(row)
     return rows
+
+
+def _verdict_columns(verdict: Verdict, provenance: Tensor, i: int) -> dict[str, Any]:
+    j = int(verdict.candidate[i])
+    return {
+        "recovered": bool(verdict.recovered[i]),
+        "recovered_by": int(provenance[j, 1]) if j >= 0 else -1,
+        "recovered_by_run": int(provenance[j, 0]) if j >= 0 else -1,
+        "recovered_ssim": float(verdict.ssim[i]),
+        "distance_ratio": float(verdict.distance_ratio[i]),
+        "held_out_index": int(verdict.held_out_index[i]),
+        "held_out_ssim": float(verdict.held_out_ssim[i]),
+        "chance_ssim": float(verdict.chance_ssim[i]),
+    }
 
 
 def _attach_inputs(
@@ -362,6 +426,24 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, figures: 
     return files
 
 
+def held_out_pool(dataset: Dataset, wanted: int | None) -> tuple[Tensor, str]:
+    """The first images of the victim's test split (same task and preprocessing) and where they came from.
+
+    ``wanted`` None: as many as training images, at least 200; capped by what the split holds.
+    """
+    n, available = dataset.x_train.shape[0], dataset.x_test.shape[0]
+    wanted = max(n, 200) if wanted is None else wanted
+    k = min(wanted, available)
+    config = dataset.config
+    source = (
+        f"test split of {config.dataset} ({config.task}): the first {k} of the {available} test images selected "
+        f"({config.test_per_class} per class), training mean subtracted"
+    )
+    if k < wanted:
+        source += f"; {wanted} were asked for (raise test_per_class to get more)"
+    return dataset.x_test[:k], source
+
+
 def evaluate(
     rec_dirs: str | Path | Sequence[str | Path],
     config: EvaluationConfig | None = None,
@@ -407,12 +489,14 @@ def evaluate(
         )
     victim = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
     ds = victim.dataset
+    config = dataclasses.replace(config or EvaluationConfig(), **overrides)
+    held_out, source = held_out_pool(ds, config.held_out)
     result = evaluate_candidates(
         pooled.x.to(ds.x_train.device),
         ds.x_train,
         ds.y_train,
         ds.mean,
-        dataclasses.replace(config or EvaluationConfig(), **overrides),
+        config,
         model=victim.model,
         lam=pooled.lam,
         candidate_labels=pooled.y,
@@ -421,6 +505,8 @@ def evaluate(
         class_names=ds.class_names,
         is_image=ds.is_image,
         downsample=victim.downsample,
+        held_out=held_out,
+        held_out_source=source,
     )
     result.metrics.update(
         {

@@ -27,6 +27,7 @@ __all__ = [
     "SSIM_WINDOW",
     "Scores",
     "align_scale",
+    "aligned_ssim",
     "finite_median",
     "image_metrics",
     "score_candidates",
@@ -165,18 +166,31 @@ def score_candidates(
     return score_matches(cand, train, mean, dist, match_nearest(dist, best_buddies=best_buddies))
 
 
+def aligned_ssim(candidates: Tensor, targets: Tensor, mean: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairwise scale-aligned SSIM: candidate i scaled onto target i, + mean, clipped to [0, 1].
+
+    Args:
+        candidates, targets: mean-subtracted images of the same shape (n, C, H, W).
+        mean: the per-pixel training mean (C, H, W).
+
+    Returns:
+        The scales (n,), the aligned candidates in [0, 1] (n, C, H, W) and their SSIM (n,).
+    """
+    scale = align_scale(candidates, targets)
+    aligned = (scale.view(-1, 1, 1, 1) * candidates + mean).clamp(0.0, 1.0)
+    return scale, aligned, ssim_per_image(aligned, (targets + mean).clamp(0.0, 1.0))
+
+
 def score_matches(cand: Tensor, train: Tensor, mean: Tensor, dist: Tensor, match: Tensor) -> Scores:
+    """Score each training image against the candidate ``match`` picked for it (-1: unmatched)."""
     matched = match >= 0
     safe = match.clamp_min(0)
     picked = cand[safe]
 
     reference = _minmax(picked + mean)
     target = (train + mean).clamp(0.0, 1.0)
-    scale = align_scale(picked, train)
-    aligned = (scale.view(-1, 1, 1, 1) * picked + mean).clamp(0.0, 1.0)
-
+    scale, aligned, ssim_aligned = aligned_ssim(picked, train, mean)
     ssim_reference = ssim_per_image(reference, target)
-    ssim_aligned = ssim_per_image(aligned, target)
     mse = (aligned - target).pow(2).flatten(1).mean(1).clamp_min(_MSE_FLOOR)
     psnr = -10.0 * torch.log10(mse)
 

@@ -1,13 +1,24 @@
-"""Reading a score against its baseline: the chance level of look-alike training images.
+"""The verdict: which training images were *recovered*, read against the baselines a count needs.
 
-On MNIST a different digit of the training set, scale-aligned, already reaches SSIM ≈ 0.45–0.5
-(min-max: ≈ 0.6–0.7), because flat black backgrounds score ≈ 1 with a 3×3 window. A count of
-images above the SSIM threshold means something only next to what look-alikes reach.
+An SSIM above 0.4 alone does not say that a training image leaked: on MNIST a different digit of the
+training set, scale-aligned, already reaches SSIM ≈ 0.45–0.5 (min-max: ≈ 0.6–0.7), because flat
+black backgrounds score ≈ 1 with a 3×3 window, and held-out digits the victim never saw score as
+well ("No Prior, No Leakage", 2025: spurious KKT solutions and chance look-alikes are plentiful).
+
+**Recovered** (the headline): a training image xᵢ is recovered when some candidate's NCC-nearest
+image in the pool *training ∪ held-out* (held-out images from the same task and preprocessing) is
+xᵢ itself, and that candidate's scale-aligned SSIM with xᵢ exceeds the threshold. A candidate that
+merely looks like a digit is as near to some held-out digit as to a training digit, so look-alikes
+do not count. Beside it, per training image: the distance ratio d(ĉ, xᵢ) / d(ĉ, nearest held-out
+image) of its matched candidate ĉ (after Carlini et al. 2023's extraction criterion: < 1 means
+nearer to the training image than to anything unseen), the SSIM its nearest held-out look-alike
+reaches, and its chance level (its nearest *other* training image).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,9 +26,9 @@ from torch import Tensor
 
 from kktrecon.errors import ConfigError
 from kktrecon.evaluation.matching import check_images, match_nearest, ncc_distance
-from kktrecon.evaluation.scores import Scores, finite_median, score_matches
+from kktrecon.evaluation.scores import Scores, aligned_ssim, finite_median, score_matches
 
-__all__ = ["chance_level", "chance_metrics"]
+__all__ = ["Verdict", "chance_level", "chance_metrics", "recovery_verdict", "verdict_metrics"]
 
 
 def chance_level(train_images: Tensor, mean: Tensor, *, downsample: int = 1) -> Scores:
@@ -56,4 +67,128 @@ def chance_metrics(train_images: Tensor, mean: Tensor, *, threshold: float, down
         "chance_median_ssim_aligned": finite_median(base.ssim_aligned.to("cpu")),
         "chance_median_ssim_reference": finite_median(base.ssim_reference.to("cpu")),
         "chance_level": "each training image against its NCC-nearest other training image",
+    }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Per training image (all tensors length n): recovered or not, and the baselines to read it against.
+
+    Attributes:
+        recovered: bool; a candidate whose nearest pool image is this one has aligned SSIM > threshold.
+        candidate: the candidate that recovers it (the best such candidate), -1 when none does.
+        ssim: that candidate's aligned SSIM (the best among candidates that chose this image; 0 if none).
+        images: that candidate, scale-aligned, in [0, 1] (zeros if none), for the figures.
+        distance_ratio: d(ĉ, xᵢ) / min_h d(ĉ, h) for the matched candidate ĉ (NaN without held-out images).
+        held_out_index: index of xᵢ's NCC-nearest held-out image (-1 without held-out images).
+        held_out_ssim: that look-alike's aligned SSIM with xᵢ (0 without held-out images).
+        held_out_images: those look-alikes, scale-aligned, in [0, 1] (for the figures).
+        chance_ssim: aligned SSIM of xᵢ's nearest other training image (0 when n < 2).
+    """
+
+    recovered: Tensor
+    candidate: Tensor
+    ssim: Tensor
+    images: Tensor
+    distance_ratio: Tensor
+    held_out_index: Tensor
+    held_out_ssim: Tensor
+    held_out_images: Tensor
+    chance_ssim: Tensor
+
+
+def recovery_verdict(
+    candidates: Tensor,
+    train: Tensor,
+    held_out: Tensor,
+    mean: Tensor,
+    match: Tensor,
+    *,
+    threshold: float,
+    downsample: int = 1,
+    best_buddies: bool = False,
+) -> Verdict:
+    """Which training images are recovered against the pool training ∪ held-out (see the module docstring).
+
+    Args:
+        candidates: (m, C, H, W), mean-subtracted.
+        train: (n, C, H, W) training images, mean-subtracted.
+        held_out: (h, C, H, W) images of the same task the victim never saw, same preprocessing; h may
+            be 0, and then no image can be told from a look-alike (every count is reported as such).
+        mean: (C, H, W) training mean.
+        match: (n,) each training image's matched candidate (as :func:`score_candidates` chose it).
+        threshold: aligned SSIM above which a candidate counts.
+        downsample: NCC matching resolution factor (2 for CIFAR-10).
+        best_buddies: also require the recovering candidate to be the training image's nearest candidate.
+    """
+    n, h = train.shape[0], held_out.shape[0]
+    pool = torch.cat([train, held_out.to(train)]) if h else train
+    dist = ncc_distance(candidates, pool, downsample=downsample)
+    nearest = dist.argmin(dim=1)
+    owners = torch.nonzero(nearest < n).flatten()
+    ssim = torch.zeros(n, dtype=torch.float64)
+    best = torch.full((n,), -1, dtype=torch.int64)
+    images = torch.zeros((n, *train.shape[1:]), dtype=torch.float64)
+    if len(owners):
+        _, owner_images, owner_ssim = aligned_ssim(candidates[owners], train[nearest[owners]], mean)
+        for k, (j, value) in enumerate(zip(owners.tolist(), owner_ssim.cpu().tolist(), strict=True)):
+            i = int(nearest[j])
+            if best_buddies and int(match[i]) != j:
+                continue
+            if best[i] < 0 or value > ssim[i]:
+                best[i], ssim[i], images[i] = j, value, owner_images[k].cpu()
+    recovered = (best >= 0) & (ssim > threshold)
+    ratio, look_index, look_ssim, look_images = _held_out_baselines(
+        candidates, train, held_out, mean, match, dist, downsample
+    )
+    chance = chance_level(train, mean, downsample=downsample).ssim_aligned.cpu() if n >= 2 else torch.zeros(n)
+    return Verdict(
+        recovered=recovered,
+        candidate=torch.where(recovered, best, torch.full_like(best, -1)),
+        ssim=ssim,
+        images=images,
+        distance_ratio=ratio,
+        held_out_index=look_index,
+        held_out_ssim=look_ssim,
+        held_out_images=look_images,
+        chance_ssim=chance.to(torch.float64),
+    )
+
+
+def _held_out_baselines(
+    candidates: Tensor, train: Tensor, held_out: Tensor, mean: Tensor, match: Tensor, dist: Tensor, downsample: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Distance ratio of each matched candidate, and each training image's nearest held-out look-alike."""
+    n, h = train.shape[0], held_out.shape[0]
+    if h == 0:
+        return (
+            torch.full((n,), math.nan, dtype=torch.float64),
+            torch.full((n,), -1, dtype=torch.int64),
+            torch.zeros(n, dtype=torch.float64),
+            torch.zeros((n, *train.shape[1:]), dtype=torch.float64),
+        )
+    safe = match.clamp_min(0)
+    to_train = dist[safe, torch.arange(n, device=dist.device)]
+    to_held_out = dist[safe, n:].min(dim=1).values
+    ratio = torch.where(match >= 0, to_train / to_held_out.clamp_min(1e-12), torch.full_like(to_train, math.nan))
+    look = ncc_distance(train, held_out, downsample=downsample).argmin(dim=1)
+    _, images, look_ssim = aligned_ssim(held_out[look].to(train), train, mean)
+    return ratio.cpu(), look.cpu(), look_ssim.cpu(), images.cpu()
+
+
+def verdict_metrics(verdict: Verdict, *, threshold: float, held_out: dict[str, Any]) -> dict[str, Any]:
+    """The verdict's counts for ``metrics.json``; ``n_recovered`` is None without held-out images."""
+    n = len(verdict.recovered)
+    has_pool = held_out.get("count", 0) > 0
+    return {
+        "n_recovered": int(verdict.recovered.sum()) if has_pool else None,
+        "recovered_fraction": float(verdict.recovered.float().mean()) if has_pool and n else None,
+        "recovered_criterion": (
+            "a candidate whose NCC-nearest image among the training and held-out images is this training image, "
+            f"with scale-aligned SSIM > {threshold:g}"
+        ),
+        "held_out": held_out,
+        "held_out_n_reconstructed": int((verdict.held_out_ssim > threshold).sum()) if has_pool else None,
+        "held_out_median_ssim_aligned": finite_median(verdict.held_out_ssim) if has_pool else None,
+        "median_distance_ratio": finite_median(verdict.distance_ratio),
     }

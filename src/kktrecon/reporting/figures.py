@@ -50,10 +50,12 @@ FIG_PAIRS = "fig_pairs.png"
 FIG_SCATTER = "fig_ssim_vs_output.png"
 FIG_TOY = "fig_toy.png"
 FIGURES: dict[str, str] = {
-    FIG_PAIRS: "Training images (top) above their matched, scale-aligned reconstructions (bottom), best SSIM first "
-    "(cf. Fig. 3 of the paper). The number under each pair is its training index and aligned SSIM.",
+    FIG_PAIRS: "Each training image (top) above its scale-aligned reconstruction and, at the bottom, the held-out "
+    "image nearest to it: what a look-alike the victim never saw scores. Best SSIM first (cf. Fig. 3 of the paper); "
+    "the number under each column is the training index and aligned SSIM, green when the image counts as recovered.",
     FIG_SCATTER: "SSIM of each training sample's best candidate against the model's output on that sample, "
-    "coloured by class; filled: scale-aligned SSIM, hollow: the paper's min-max SSIM (cf. Fig. 4).",
+    "coloured by class; filled: scale-aligned SSIM, hollow: the paper's min-max SSIM, ringed: recovered (cf. Fig. 4). "
+    "Lines: the threshold and the medians a look-alike reaches (nearest other training image, nearest held-out one).",
     FIG_TOY: "The 2-D toy: decision boundary Φ = 0, training points (ringed: on the margin) and the candidates "
     "at the end of reconstruction (crosses); dotted circles have the matching radius.",
 }
@@ -85,62 +87,82 @@ def _class_name(names: tuple[str, ...], k: int) -> str:
 
 
 def plot_pairs(result: EvaluationResult, *, max_pairs: int = 100, per_row: int = 10) -> Figure:
-    """The Fig.-3 grid: training images above their aligned reconstructions, best SSIM first.
+    """The Fig.-3 grid: each training image above its reconstruction and its nearest held-out look-alike.
+
+    A label is green when the image counts as recovered (nearer to its candidate than any held-out or
+    other training image, aligned SSIM above the threshold), else red; without a held-out pool, green
+    means aligned SSIM above the threshold only. Best SSIM first.
 
     Args:
         result: an image evaluation (``result.is_image``).
-        max_pairs: show at most this many pairs (the best ones).
-        per_row: pairs per row of the grid.
+        max_pairs: show at most this many training images (the best ones).
+        per_row: training images per row of the grid.
 
     Returns:
         The figure (not registered with pyplot).
     """
-    scores = result.scores
+    scores, verdict = result.scores, result.verdict
     if not result.is_image or result.train_images is None:
         raise ConfigError("Expected an image evaluation for the pairs grid. Got a toy evaluation.")
     if max_pairs < 1 or per_row < 1:
         raise ConfigError(f"Expected positive `max_pairs` and `per_row`. Got {max_pairs} and {per_row}.")
-    ssim = scores.ssim_aligned.numpy()
+    threshold = float(result.metrics.get("ssim_threshold", 0.4))
+    pool = verdict is not None and int(result.metrics.get("held_out", {}).get("count", 0)) > 0
+    ssim = scores.ssim_aligned.numpy().copy()
+    good = verdict.recovered.numpy() if pool else ssim > threshold
+    recon = scores.aligned.numpy().copy()
+    if pool:  # a recovered image shows the candidate that recovers it, and that candidate's SSIM
+        recon[good] = verdict.images.numpy()[good]
+        ssim[good] = verdict.ssim.numpy()[good]
+    stacks = [result.train_images.numpy(), recon] + ([verdict.held_out_images.numpy()] if pool else [])
+    shown = (scores.match.numpy() >= 0) | good
     order = np.argsort(-ssim, kind="stable")[:max_pairs]
-    train = result.train_images.numpy()
-    recon = scores.aligned.numpy()
-    channels, h, w = train.shape[1:]
+    canvas, cells = _grid(stacks, order, shown, per_row=per_row)
+    channels, w = stacks[0].shape[1], stacks[0].shape[3]
+    inches_per_px = 0.9 / w
+    fig = _figure(max(4.0, canvas.shape[1] * inches_per_px), canvas.shape[0] * inches_per_px + 0.7)
+    ax = fig.add_subplot()
+    image = canvas[..., 0] if channels == 1 else canvas
+    ax.imshow(image, cmap="gray" if channels == 1 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    for (x, y), i in zip(cells, order, strict=True):
+        text = f"#{i} {ssim[i]:.2f}" if shown[i] else f"#{i} no match"
+        ax.text(x, y, text, ha="center", va="center", fontsize=_FONT - 1, color="#0a6e0a" if good[i] else "#b01010")
+    ax.set_axis_off()
+    n, k = len(ssim), len(order)
+    what = f"best {k} of {n}" if k < n else f"all {n}"
+    rows = "training image · reconstruction (scale-aligned)" + (" · nearest held-out image" if pool else "")
+    count = (
+        f"{int(good.sum())} of {n} recovered (green): nearer to their candidate than any held-out or other "
+        f"training image, SSIM > {threshold:g}"
+        if pool
+        else f"{int(good.sum())} of {n} with SSIM > {threshold:g} (green); no held-out pool, so look-alikes count too"
+    )
+    ax.set_title(f"Top to bottom: {rows} · {what} shown\n{count}", fontsize=_FONT + 1)
+    return fig
+
+
+def _grid(stacks: list[np.ndarray], order: np.ndarray, shown: np.ndarray, *, per_row: int) -> tuple[np.ndarray, list]:
+    """Tile ``stacks[r][i]`` top to bottom for each i in ``order``; returns the canvas and label positions."""
+    channels, h, w = stacks[0].shape[1:]
     k = len(order)
     cols = max(1, min(per_row, k))
     rows = max(1, math.ceil(k / cols))
     pad = max(1, w // 14)
-    gap = max(4, round(0.5 * h))  # room for the label under each pair
-    cell_h, cell_w = 2 * h + pad + gap, w + pad
+    gap = max(4, round(0.5 * h))  # room for the label under each cell
+    depth = len(stacks)
+    cell_h, cell_w = depth * h + (depth - 1) * pad + gap, w + pad
     canvas = np.ones((rows * cell_h + pad, cols * cell_w + pad, channels))
-    threshold = float(result.metrics.get("ssim_threshold", 0.4))
-
-    inches_per_px = 0.9 / w
-    fig = _figure(max(4.0, canvas.shape[1] * inches_per_px), canvas.shape[0] * inches_per_px + 0.6)
-    ax = fig.add_subplot()
     labels = []
     for pos, i in enumerate(order):
         r, c = divmod(pos, cols)
         top, left = r * cell_h + pad, c * cell_w + pad
-        canvas[top : top + h, left : left + w] = train[i].transpose(1, 2, 0)
-        matched = int(scores.match[i]) >= 0
-        if matched:  # an unmatched cell stays blank, so that it is not mistaken for a black image
-            canvas[top + h + pad : top + 2 * h + pad, left : left + w] = recon[i].transpose(1, 2, 0)
-        text = f"#{i} {ssim[i]:.2f}" if matched else f"#{i} no match"
-        labels.append((left + w / 2, top + 2 * h + pad + gap * 0.45, text, matched and ssim[i] > threshold))
-    image = canvas[..., 0] if channels == 1 else canvas
-    ax.imshow(image, cmap="gray" if channels == 1 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
-    for x, y, text, good in labels:
-        ax.text(x, y, text, ha="center", va="center", fontsize=_FONT - 1, color="#0a6e0a" if good else "#b01010")
-    ax.set_axis_off()
-    n = len(ssim)
-    shown = f"best {k} of {n}" if k < n else f"all {n}"
-    n_rec = int((ssim > threshold).sum())
-    ax.set_title(
-        f"Top: training image · bottom: reconstruction (scale-aligned) · {shown} shown\n"
-        f"{n_rec} of {n} with SSIM > {threshold:g} (green)",
-        fontsize=_FONT + 1,
-    )
-    return fig
+        for level, stack in enumerate(stacks):
+            if level == 1 and not shown[i]:  # an unmatched cell stays blank, not mistaken for a black image
+                continue
+            y = top + level * (h + pad)
+            canvas[y : y + h, left : left + w] = stack[i].transpose(1, 2, 0)
+        labels.append((left + w / 2, top + depth * h + (depth - 1) * pad + gap * 0.45))
+    return canvas, labels
 
 
 def plot_ssim_vs_output(result: EvaluationResult) -> Figure:
@@ -172,6 +194,16 @@ def plot_ssim_vs_output(result: EvaluationResult) -> Figure:
         )
         name = _class_name(result.class_names, int(k))
         handles.append(Line2D([], [], ls="", marker="o", color=colour, label=f"class {name}"))
+    verdict = result.verdict
+    if verdict is not None and int(result.metrics.get("held_out", {}).get("count", 0)) > 0:
+        hit = verdict.recovered.numpy()
+        ax.scatter(outputs[hit], scores.ssim_aligned.numpy()[hit], s=70, facecolors="none", edgecolors="k", lw=1.1)
+        handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="k", ms=8,
+                              label="recovered (nearest to its candidate)"))  # fmt: skip
+        held = result.metrics.get("held_out_median_ssim_aligned")
+        if isinstance(held, float):
+            ax.axhline(held, color="#b06000", ls="-.", lw=1.0)
+            handles.append(Line2D([], [], ls="-.", color="#b06000", label="held-out look-alike (median, aligned)"))
     ax.axhline(threshold, color="0.3", ls="--", lw=1)
     chance = result.metrics.get("chance_median_ssim_aligned")
     if isinstance(chance, float):
