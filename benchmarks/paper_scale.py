@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from kktrecon.attack import reconstruct
 from kktrecon.data import DataConfig
-from kktrecon.kkt import diagnose
-from kktrecon.reconstruction import reconstruct
 from kktrecon.training import TrainConfig, train
+from kktrecon.victims import diagnose
 
 TASKS = {"mnist": "odd-even", "cifar10": "vehicles-animals"}
 # Released winners of the reference sweep (METHOD.md §2), first of each pair.

@@ -21,8 +21,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state
 from kktrecon.models import ModelConfig, build_model, with_modified_relu
-from kktrecon.reconstruction import ReconstructionConfig, attack_loss, initial_state
 from kktrecon.runs import package_versions, resolve_device
 
 

@@ -63,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--n-per-class", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "verdict_controls.json")
+    results = Path(__file__).resolve().parent / "results"
+    parser.add_argument("--out", type=Path, default=results / "verdict_controls.json")
     args = parser.parse_args()
     rows = []
     for dataset, task in TASKS:
