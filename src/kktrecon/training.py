@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kktrecon.attack.objectives import default_objective
+from kktrecon.attack.objectives import Objective, get_objective
 from kktrecon.checks import check_int, check_ints, check_number
 from kktrecon.data import DataConfig, Dataset, load_dataset
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError, TrainingDivergedError
-from kktrecon.models import BIAS_POLICIES, ModelConfig, build_model, load_checkpoint, save_checkpoint
+from kktrecon.models import BIAS_POLICIES, build_model, load_checkpoint, save_checkpoint
+from kktrecon.models.registry import get_architecture
 from kktrecon.progress import progress_bar
 from kktrecon.runs import (
     TRAIN_STATE_FILE,
@@ -72,11 +73,15 @@ class TrainConfig:
 
     Args:
         data: which training set (dataset, task, samples per class).
-        hidden: hidden-layer widths of the MLP.
+        model: the architecture, a key of the registry (``mlp``, the paper's; ``cnn``).
+        hidden: hidden-layer widths of the MLP (for the CNN: of the linear layers after the convolutions).
+        channels, kernel_size, stride: the CNN's convolution channels, kernel size and stride.
         bias: bias policy (``none``, ``first`` — the reference — or ``all``).
         init_scale: first-layer initialisation scale (reference 1e-4).
         hidden_init_scale: N(0,1)·scale for later layers; None keeps PyTorch's default (reference).
         lr: gradient-descent step size (reference 0.01).
+        weight_decay: L2 penalty coefficient of gradient descent (0: the paper; Buzaglo et al. 2023 find
+            that weight decay makes victims leak more).
         steps: step budget.
         loss_threshold: stop early once the training loss falls below this.
         schedule: ``constant`` (reference) or ``loss-scaled`` (step ∝ 1/loss, capped at ``max_lr_factor``).
@@ -88,11 +93,16 @@ class TrainConfig:
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(n_per_class=10))
+    model: str = "mlp"
     hidden: tuple[int, ...] = (1000, 1000)
+    channels: tuple[int, ...] = (16, 32)
+    kernel_size: int = 3
+    stride: int = 2
     bias: str = "first"
     init_scale: float = 1e-4
     hidden_init_scale: float | None = None
     lr: float = 0.01
+    weight_decay: float = 0.0
     steps: int = 100_000
     loss_threshold: float | None = None
     schedule: str = "constant"
@@ -109,6 +119,11 @@ class TrainConfig:
         check_ints("hidden", self.hidden, low=1)
         check_int("steps", self.steps, low=0)
         check_number("lr", self.lr, low=0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0)
+        get_architecture(self.model)
+        check_ints("channels", self.channels, low=1)
+        check_int("kernel_size", self.kernel_size, low=1)
+        check_int("stride", self.stride, low=1)
         check_number("init_scale", self.init_scale, low=0, low_open=True)
         if self.hidden_init_scale is not None:
             check_number("hidden_init_scale", self.hidden_init_scale, low=0, low_open=True)
@@ -121,16 +136,16 @@ class TrainConfig:
         if self.bias not in BIAS_POLICIES:
             raise ConfigError(f"Expected `bias` to be one of {sorted(BIAS_POLICIES)}. Got {self.bias!r}.")
 
-    def model_config(self, data: Dataset) -> ModelConfig:
-        outputs = 1 if data.num_classes == 2 else data.num_classes
-        return ModelConfig(
-            input_shape=data.input_shape,
-            hidden=tuple(self.hidden),
-            num_outputs=outputs,
-            bias=self.bias,
-            init_scale=self.init_scale,
-            hidden_init_scale=self.hidden_init_scale,
-        )
+    def model_config(self, data: Dataset) -> Any:
+        """The architecture's config for ``data``: the fields of this recipe that the architecture takes."""
+        arch = get_architecture(self.model)
+        offered = {
+            "input_shape": data.input_shape,
+            "num_outputs": get_objective(data.objective).num_outputs(data.num_classes),
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+        }
+        wanted = {f.name for f in dataclasses.fields(arch.config)}
+        return arch.config(**{k: v for k, v in offered.items() if k in wanted})
 
 
 register_nested("TrainConfig", "data", DataConfig)
@@ -146,25 +161,32 @@ class TrainResult:
     run_dir: Path | None
 
 
-def _loss_and_error(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The objective's training loss (BCE on the logit; cross-entropy for K outputs) and the error rate."""
+def _loss_and_error(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, objective: Objective
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The objective's training loss (BCE on the logit, cross-entropy for K outputs, MSE) and its error."""
     out = model(x)
-    objective = default_objective(out.shape[1])
-    return objective.training_loss(out, y), (objective.predictions(out) != y).to(out.dtype).mean()
+    return objective.training_loss(out, targets), objective.errors(out, targets).mean()
+
+
+def _targets(data: Dataset) -> tuple[torch.Tensor, torch.Tensor, Objective]:
+    objective = get_objective(data.objective)
+    return objective.targets(data.y_train, data.targets), objective.targets(data.y_test, data.targets), objective
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, data: Dataset) -> dict[str, Any]:
-    """Training loss and error, test accuracy, and per-sample outputs and margins yᵢΦ(xᵢ)."""
-    loss, err = _loss_and_error(model, data.x_train, data.y_train)
+    """Training loss and error, test accuracy (or error), and per-sample outputs and margins yᵢΦ(xᵢ)."""
+    y_train, y_test, objective = _targets(data)
+    loss, err = _loss_and_error(model, data.x_train, y_train, objective)
     out = model(data.x_train)
-    metrics: dict[str, Any] = {"train_loss": float(loss), "train_error": float(err)}
+    metrics: dict[str, Any] = {"train_loss": float(loss), "train_error": float(err), "test_accuracy": None}
     if len(data.x_test):
-        _, test_err = _loss_and_error(model, data.x_test, data.y_test)
-        metrics["test_accuracy"] = 1.0 - float(test_err)
-    else:
-        metrics["test_accuracy"] = None
-    margins = default_objective(out.shape[1]).margins(out, data.y_train)
+        _, test_err = _loss_and_error(model, data.x_test, y_test, objective)
+        metrics["test_error"] = float(test_err)
+        if objective.classification:  # report accuracy as the paper does
+            metrics["test_accuracy"] = 1.0 - float(test_err)
+    margins = objective.margins(out, y_train)
     metrics["outputs"] = out[:, 0].tolist() if out.shape[1] == 1 else out.tolist()
     metrics["margins"] = margins.tolist()
     metrics["min_margin"] = float(margins.min())
@@ -294,7 +316,8 @@ def _fit(
     progress: bool,
 ) -> None:
     """Full-batch gradient descent from ``state`` to ``config.steps`` (or the loss threshold), in place."""
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.0, weight_decay=config.weight_decay)
+    y_train, y_test, objective = _targets(data)
     schedule = SCHEDULES[config.schedule]
     initial_loss: float | None = state.history[0]["loss"] if state.history else None
     start = time.perf_counter() - state.elapsed
@@ -302,7 +325,7 @@ def _fit(
     needs_loss = config.schedule != "constant" or config.loss_threshold is not None
     with progress_bar("train", total=config.steps, enabled=progress, completed=state.step) as bar:
         while state.step < config.steps:
-            loss, err = _loss_and_error(model, data.x_train, data.y_train)
+            loss, err = _loss_and_error(model, data.x_train, y_train, objective)
             # Reading the loss synchronises a GPU: only where the schedule, the threshold or the log needs it.
             logging = state.step % config.eval_every == 0
             if logging or needs_loss:
@@ -314,7 +337,8 @@ def _fit(
                         f"Training loss became {loss_value} at step {state.step}; lower the step size."
                     )
             if logging:
-                state.history.append(_log_point(model, data, state.step, loss_value, float(err)))
+                test = (data.x_test, y_test, objective)
+                state.history.append(_log_point(model, test, state.step, loss_value, float(err)))
                 bar.update(postfix=_postfix(state.history[-1]))
             if config.loss_threshold is not None and loss_value < config.loss_threshold:
                 break
@@ -334,12 +358,20 @@ def _fit(
         _save_state(checkpoint, model, state, config)
 
 
-def _log_point(model: nn.Module, data: Dataset, step: int, loss: float, err: float) -> dict[str, float]:
+def _log_point(
+    model: nn.Module, test: tuple[torch.Tensor, torch.Tensor, Objective], step: int, loss: float, err: float
+) -> dict[str, float]:
     point = {"step": step, "loss": loss, "train_error": err}
-    if len(data.x_test):
+    x_test, y_test, objective = test
+    if len(x_test):
         with torch.no_grad():
-            _, test_err = _loss_and_error(model, data.x_test, data.y_test)
-        point["test_accuracy"] = 1.0 - float(test_err)
+            _, test_err = _loss_and_error(model, x_test, y_test, objective)
+        key, value = (
+            ("test_error", float(test_err))
+            if objective.signed_multipliers
+            else ("test_accuracy", 1.0 - float(test_err))
+        )
+        point[key] = value
     return point
 
 
@@ -352,6 +384,7 @@ def _manifest(
 ) -> dict[str, Any]:
     return {
         "format": "kktrecon.victim/1",
+        "objective": data.objective,
         "training": config_to_dict(config),
         "data": config_to_dict(config.data),
         "data_root": data.data_root,
@@ -381,6 +414,8 @@ def _postfix(point: dict[str, float]) -> str:
     text = f"loss {point['loss']:.3g} · train err {point['train_error']:.3f}"
     if "test_accuracy" in point:
         text += f" · test acc {point['test_accuracy']:.3f}"
+    if "test_error" in point:
+        text += f" · test err {point['test_error']:.3g}"
     return text
 
 

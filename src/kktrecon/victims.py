@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kktrecon.attack.kkt import KKTDiagnosis, diagnose_model
+from kktrecon.attack.objectives import get_objective
 from kktrecon.data import DATASETS, DataConfig, Dataset, load_dataset
 from kktrecon.errors import CheckpointError, ConfigError
 from kktrecon.models import load_checkpoint
@@ -97,7 +98,8 @@ def diagnose(
     Args:
         victim: a model, or a victim run directory (its training set is then loaded as recorded in
             ``model.json``).
-        x, signs: the training inputs and their ±1 labels (needed when ``victim`` is a model).
+        x, signs: the training inputs and their ±1 labels (needed when ``victim`` is a model; a run
+            directory's objective, multiclass or regression, is read from its manifest).
         data_root: where to read the training set from, for a run directory.
         device: where to compute; the fit runs in float64 for accuracy.
         nonzero_tol: λᵢ counts as non-zero above ``nonzero_tol · max λ``.
@@ -107,11 +109,17 @@ def diagnose(
         point and 1 when no non-negative combination of the per-sample gradients explains any of θ.
     """
     dev = resolve_device(device)
+    objective = None
     if isinstance(victim, (str, Path)):
         loaded = load_victim(victim, data_root=data_root, device=dev, dtype=torch.float64)
-        model, x, signs = loaded.model, loaded.dataset.x_train, loaded.dataset.signs
+        ds = loaded.dataset
+        objective = get_objective(loaded.manifest.get("objective") or ds.objective)
+        model, x, signs = loaded.model, ds.x_train, objective.targets(ds.y_train, ds.targets)
+        weight_decay = loaded.manifest.get("training", {}).get("weight_decay", 0.0)
     elif x is None or signs is None:
         raise ConfigError("Expected `x` and `signs` when `victim` is a model. Got None.")
     else:
-        model = victim
-    return diagnose_model(model, x, signs, device=dev, nonzero_tol=nonzero_tol)
+        model, weight_decay = victim, None
+    result = diagnose_model(model, x, signs, device=dev, objective=objective, nonzero_tol=nonzero_tol)
+    result.extra["weight_decay"] = weight_decay
+    return result

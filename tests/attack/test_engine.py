@@ -146,11 +146,11 @@ def test_non_homogeneous_victims_warn_and_unsupported_layers_fail(tmp_path) -> N
     model = build_model(ModelConfig(input_shape=(1, 4, 4), hidden=(8, 8), bias="all"))
     with pytest.warns(UserWarning, match="not homogeneous"):
         reconstruct(model, candidates=4, iterations=2, progress=False, device="cpu")
-    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 1, bias=False))
+    tanh = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
     from kktrecon.models import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match="only Linear, ReLU and Flatten"):
-        reconstruct(conv, candidates=4, iterations=2, progress=False, device="cpu")
+    with pytest.raises(UnsupportedModelError, match="Tanh"):
+        reconstruct(tanh, candidates=4, iterations=2, progress=False, device="cpu", input_shape=(1, 4, 4))
 
 
 def test_a_finished_attack_extends_bit_identically_and_never_shrinks(victim_dir, tmp_path) -> None:

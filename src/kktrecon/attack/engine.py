@@ -32,10 +32,10 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from kktrecon.attack.kkt import stationarity_residual
-from kktrecon.attack.objectives import Objective, get_objective
+from kktrecon.attack.objectives import Objective, default_objective, get_objective
 from kktrecon.checks import check_int, check_number, is_int
 from kktrecon.errors import CheckpointError, ConfigError, ReconstructionDivergedError, RunStateError
-from kktrecon.models import MLP, load_checkpoint, warn_if_unsupported, weights_fingerprint, with_modified_relu
+from kktrecon.models import load_checkpoint, warn_if_unsupported, weights_fingerprint, with_modified_relu
 from kktrecon.progress import progress_bar
 from kktrecon.runs import (
     ATTACK_STATE_FILE,
@@ -66,6 +66,8 @@ class ReconstructionConfig:
     """Hyperparameters of the attack. Defaults: the reference's released MNIST winner.
 
     Args:
+        objective: the KKT conditions to invert, a key of the objective registry (``binary``,
+            ``multiclass``, ``multiclass-full``, ``regression``); None: the one the victim was trained for.
         candidates: number of candidates m; None means 2n with n read from the victim.
         iterations: optimisation steps (reference: 50,000).
         init_scale: candidates start at N(0, 1)·init_scale.
@@ -83,6 +85,7 @@ class ReconstructionConfig:
         log_every: iterations between points of the loss history.
     """
 
+    objective: str | None = None
     candidates: int | None = None
     iterations: int = 50_000
     init_scale: float = 0.035
@@ -102,6 +105,8 @@ class ReconstructionConfig:
 
     def __post_init__(self) -> None:
         resolve_dtype(self.dtype)
+        if self.objective is not None:
+            get_objective(self.objective)
         if self.candidates is not None and (not is_int(self.candidates) or self.candidates < 2 or self.candidates % 2):
             raise ConfigError(
                 f"Expected `candidates` to be an even number >= 2 (half per label). Got {self.candidates}."
@@ -141,19 +146,30 @@ def attack_loss(
     objective = objective or get_objective("binary")
     kkt = stationarity_residual(model, objective.kkt_sum(model(x), lam, y), create_graph=True)
     prior = (x - config.box).relu().pow(2).sum() + (-config.box - x).relu().pow(2).sum()
-    hinge = (config.lambda_min - lam).relu().pow(2).sum()
+    hinge = objective.lambda_penalty(lam, config.lambda_min, y)
     total = config.kkt_weight * kkt + config.prior_weight * prior + config.lambda_weight * hinge
     return {"total": total, "kkt": kkt, "prior": prior, "lambda": hinge}
 
 
 def initial_state(
-    input_shape: tuple[int, ...], config: ReconstructionConfig, m: int, *, device: torch.device, dtype: torch.dtype
+    input_shape: tuple[int, ...],
+    config: ReconstructionConfig,
+    m: int,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    objective: Objective | None = None,
+    num_outputs: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator]:
-    """x ~ N(0,1)·init_scale, λ ~ U[0,1], y = (−1,…,−1, +1,…,+1), from a seeded CPU generator."""
+    """x ~ N(0,1)·init_scale, then the objective's λ (binary: U[0,1]) and labels (binary: half −1, half +1).
+
+    Drawn from a CPU generator seeded with ``config.seed``, so a run is reproducible on any device.
+    """
+    objective = objective or get_objective("binary")
     gen = torch.Generator().manual_seed(config.seed)
     x = (torch.randn((m, *input_shape), generator=gen, dtype=torch.float64) * config.init_scale).to(device, dtype)
-    lam = torch.rand(m, generator=gen, dtype=torch.float64).to(device, dtype)
-    y = get_objective("binary").candidate_labels(m, 1).to(device, dtype)
+    lam = objective.init_lambda(m, num_outputs, gen).to(device, dtype)
+    y = objective.candidate_labels(m, num_outputs).to(device, dtype)
     return x, lam, y, gen
 
 
@@ -164,21 +180,70 @@ _FREE_ON_RESUME = ("iterations", "checkpoint_every")
 
 
 def _victim(
-    victim: nn.Module | str | Path, device: torch.device, dtype: torch.dtype
+    victim: nn.Module | str | Path, device: torch.device, dtype: torch.dtype, input_shape: tuple[int, ...] | None
 ) -> tuple[nn.Module, dict[str, Any]]:
+    """The victim on ``device`` in ``dtype`` (a copy, never the caller's module) and what is known about it."""
     if isinstance(victim, (str, Path)):
         model, manifest = load_checkpoint(victim, device=device, dtype=dtype)
         info = {
             "run_dir": str(Path(victim).resolve()),
             "n_train": manifest.get("metrics", {}).get("n_train"),
             "input_shape": list(model.config.input_shape),
+            "objective": manifest.get("objective"),
         }
     else:
         model = copy.deepcopy(victim).to(device=device, dtype=dtype)
-        shape = list(model.config.input_shape) if isinstance(model, MLP) else None
-        info = {"run_dir": None, "n_train": None, "input_shape": shape}
+        config = getattr(model, "config", None)
+        shape = input_shape or getattr(config, "input_shape", None)
+        info = {"run_dir": None, "n_train": None, "input_shape": list(shape) if shape else None, "objective": None}
+    model.eval()  # dropout off: the attack explains the network the victim computes at test time
+    warn_if_unsupported(model)
+    if info["input_shape"] is None:
+        raise ConfigError(
+            "Expected `input_shape` for a model that does not carry its config (e.g. (1, 28, 28)). Got None."
+        )
     info["fingerprint"] = weights_fingerprint(model)
     return model, info
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What the loop needs about the victim: its attack copy, the objective, the candidate count."""
+
+    attack_model: nn.Module
+    info: dict[str, Any]
+    objective: Objective
+    num_outputs: int
+    m: int
+
+
+def _setup(
+    victim: nn.Module | str | Path,
+    config: ReconstructionConfig,
+    *,
+    n_train: int | None,
+    input_shape: tuple[int, ...] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> _Setup:
+    model, info = _victim(victim, device, dtype, input_shape)
+    with torch.no_grad():
+        out = model(torch.zeros(1, *info["input_shape"], device=device, dtype=dtype))
+    name = config.objective or info["objective"] or default_objective(out.shape[1]).name
+    objective = get_objective(name)
+    objective.check_outputs(out)
+    info["objective"] = name
+    n = n_train if n_train is not None else info["n_train"]
+    if config.candidates is None and n is None:
+        raise ConfigError("Expected `candidates` or `n_train`: the victim does not record its training-set size.")
+    if config.candidates is None:
+        check_int("n_train", n, low=1)
+    m = config.candidates if config.candidates is not None else 2 * int(n)
+    _check_memory(m, tuple(info["input_shape"]), dtype, device)
+    attack_model = with_modified_relu(model, config.alpha)
+    for p in attack_model.parameters():
+        p.requires_grad_(True)
+    return _Setup(attack_model, info, objective, int(out.shape[1]), m)
 
 
 @dataclass
@@ -203,8 +268,12 @@ class _AttackState:
         m: int,
         device: torch.device,
         dtype: torch.dtype,
+        objective: Objective,
+        num_outputs: int,
     ) -> _AttackState:
-        x, lam, y, gen = initial_state(input_shape, config, m, device=device, dtype=dtype)
+        x, lam, y, gen = initial_state(
+            input_shape, config, m, device=device, dtype=dtype, objective=objective, num_outputs=num_outputs
+        )
         x.requires_grad_(True)
         lam.requires_grad_(True)
         opt_x = torch.optim.SGD([x], lr=config.lr, momentum=config.momentum)
@@ -258,6 +327,7 @@ def reconstruct(
     *,
     out: str | Path | None = None,
     n_train: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
     device: str | torch.device = "auto",
     resume: bool = False,
     force: bool = False,
@@ -271,6 +341,8 @@ def reconstruct(
         config: hyperparameters; keyword ``overrides`` replace fields (``reconstruct(d, iterations=10)``).
         out: directory for ``candidates.safetensors``, ``reconstruction.json`` and the checkpoint.
         n_train: training-set size n, for the default m = 2n; read from the victim's manifest otherwise.
+        input_shape: the shape of one input, for a model that does not carry its config (any
+            homogeneous ``nn.Module``: Linear, Conv2d, ReLU, Flatten, pooling).
         device: ``auto`` picks CUDA when present.
         resume: continue an interrupted run in ``out`` (bit-identical to an uninterrupted one); on a
             finished run, return it when ``iterations`` is unchanged and extend it when larger.
@@ -285,29 +357,17 @@ def reconstruct(
     config = dataclasses.replace(config or ReconstructionConfig(), **overrides)
     dev = resolve_device(device)
     dtype = resolve_dtype(config.dtype)
-    model, info = _victim(victim, dev, dtype)
-    warn_if_unsupported(model)
-    if info["input_shape"] is None:
-        raise ConfigError("Cannot infer the input shape of a model that is not a kktrecon MLP; pass a run directory.")
-    n = n_train if n_train is not None else info["n_train"]
-    if config.candidates is None and n is None:
-        raise ConfigError("Expected `candidates` or `n_train`: the victim does not record its training-set size.")
-    if config.candidates is None:
-        check_int("n_train", n, low=1)
-    m = config.candidates if config.candidates is not None else 2 * int(n)
-    _check_memory(m, tuple(info["input_shape"]), dtype, dev)
-    attack_model = with_modified_relu(model, config.alpha)
-    for p in attack_model.parameters():
-        p.requires_grad_(True)
-
+    setup = _setup(victim, config, n_train=n_train, input_shape=input_shape, device=dev, dtype=dtype)
+    info, m = setup.info, setup.m
     run = open_run(out, ATTACK_RUN, force=force, resume=resume) if out is not None else None
-    state = _AttackState.start(tuple(info["input_shape"]), config, m, dev, dtype)
+    state = _AttackState.start(tuple(info["input_shape"]), config, m, dev, dtype, setup.objective, setup.num_outputs)
     meta = {"config": config_to_dict(config), "victim": info["fingerprint"]}
     if run is not None and run.status == "finished" and _finished_as_asked(run, config, meta):
         return _load_result(run.path, dev, dtype)
     if run is not None and run.status != "new":
         state.restore(run.state, meta, config)
-    _optimise(attack_model, state, config, run.state if run is not None else None, meta, progress=progress)
+    checkpoint = run.state if run is not None else None
+    _optimise(setup.attack_model, setup.objective, state, config, checkpoint, meta, progress=progress)
     result = ReconstructionResult(state.x.detach(), state.lam.detach(), state.y, state.history, None, state.elapsed)
     if run is not None:
         result.out_dir = run.path
@@ -344,6 +404,7 @@ def _finished_as_asked(run: Run, config: ReconstructionConfig, meta: dict[str, A
 
 def _optimise(
     model: nn.Module,
+    objective: Objective,
     state: _AttackState,
     config: ReconstructionConfig,
     checkpoint: Path | None,
@@ -352,7 +413,6 @@ def _optimise(
     progress: bool,
 ) -> None:
     """Advance ``state`` to ``config.iterations``, checkpointing as configured and at the end."""
-    objective = get_objective("binary")
     start = time.perf_counter() - state.elapsed
     last_good = state.iteration if checkpoint is not None and checkpoint.exists() else None
     with progress_bar("reconstruct", total=config.iterations, enabled=progress, completed=state.iteration) as bar:
@@ -401,6 +461,7 @@ def _write_result(
         out_dir / RECONSTRUCTION_FILE,
         {
             "format": "kktrecon.reconstruction/1",
+            "objective": victim["objective"],
             "victim": victim,
             "config": config_to_dict(config),
             "candidates": m,

@@ -86,6 +86,9 @@ class Dataset:
         num_classes: Number of classes of the task.
         class_names: One name per class index.
         data_root: The root the files were read from (None for generated data).
+        objective: The objective victims of this task are trained with (``binary``, ``multiclass``,
+            ``regression``; see ``kktrecon.attack.objectives``).
+        targets: Regression tasks only: the target value of each class index.
     """
 
     config: DataConfig
@@ -99,6 +102,8 @@ class Dataset:
     num_classes: int
     class_names: tuple[str, ...]
     data_root: str | None = field(default=None)
+    objective: str = "binary"
+    targets: tuple[float, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -213,6 +218,8 @@ def load_dataset(
         num_classes=task.num_classes,
         class_names=task.class_names,
         data_root=built.data_root,
+        objective=task.objective,
+        targets=task.targets,
     )
 
 

@@ -189,6 +189,13 @@ register_dataset(
         tasks={
             "odd-even": Task("odd-even", ("even", "odd"), tuple(d % 2 for d in range(10)), "label % 2: odd = 1"),
             "digits": Task("digits", tuple(str(d) for d in range(10)), tuple(range(10)), "the ten digits"),
+            "digit-value": Task(
+                "digit-value",
+                tuple(str(d) for d in range(10)),
+                tuple(range(10)),
+                "regression: the digit's value, scaled to [-1, 1] as (d - 4.5) / 4.5",
+                targets=tuple((d - 4.5) / 4.5 for d in range(10)),
+            ),
         },
         reader=_read_mnist,
         build=build_from_files,

@@ -32,16 +32,26 @@ class Task:
         class_names: One name per class index.
         label_map: ``label_map[source_label]`` is the class index; empty for generated data.
         description: One line for help texts.
+        targets: For a regression task, the real-valued target of each class index (the victim
+            regresses ``targets[class]``); empty for classification.
     """
 
     name: str
     class_names: tuple[str, ...]
     label_map: tuple[int, ...] = ()
     description: str = ""
+    targets: tuple[float, ...] = ()
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def objective(self) -> str:
+        """The objective a victim of this task is trained and attacked with (see ``kktrecon.attack.objectives``)."""
+        if self.targets:
+            return "regression"
+        return "binary" if self.num_classes == 2 else "multiclass"
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,9 @@ def load_candidates(rec_dirs: str | Path | Sequence[str | Path]) -> PooledCandid
             raise CheckpointError(f"Expected tensors x, lam, y in {path}. Missing {missing}.")
         x = tensors["x"].to(torch.float64)
         m = x.shape[0]
-        if tuple(tensors["lam"].shape) != (m,) or tuple(tensors["y"].shape) != (m,):
+        if tuple(tensors["lam"].shape[:1]) != (m,) or tensors["lam"].dim() > 2 or tuple(tensors["y"].shape) != (m,):
             raise CheckpointError(
-                f"Expected `lam` and `y` of shape ({m},) in {path}. "
+                f"Expected `lam` of shape ({m},) or ({m}, K) and `y` of shape ({m},) in {path}. "
                 f"Got {tuple(tensors['lam'].shape)} and {tuple(tensors['y'].shape)}."
             )
         if xs and x.shape[1:] != xs[0].shape[1:]:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kktrecon.attack.objectives import get_objective
 from kktrecon.checks import check_int
 from kktrecon.data import Dataset
 from kktrecon.errors import ConfigError, RunDirectoryExistsError
@@ -137,6 +138,7 @@ def evaluate_candidates(
     downsample: int = 1,
     held_out: Tensor | None = None,
     held_out_source: str = "given",
+    objective: str | None = None,
     **overrides: Any,
 ) -> EvaluationResult:
     """Evaluate a candidate set against a training set held in memory (no files read or written).
@@ -161,6 +163,8 @@ def evaluate_candidates(
             (h, *input_shape): the pool a candidate must be nearer to the training image than to.
             None: no pool, so ``n_recovered`` is not reported.
         held_out_source: where ``held_out`` came from, for ``metrics.json``.
+        objective: the victim's objective (for its margins); default: binary for one output, multiclass
+            for K. For ``regression``, ``y_train`` holds the regression targets.
         config: matching and counting settings; keyword ``overrides`` replace its fields
             (``best_buddies``, ``threshold``, ``toy_radius``, ``margin_tol``).
 
@@ -181,7 +185,7 @@ def evaluate_candidates(
         if model is None:
             raise ConfigError("Expected `model` or `outputs` (the victim's outputs on x_train). Got neither.")
         outputs = forward_chunked(model, x_train)
-    phi, margins = outputs_and_margins(outputs, y_train)
+    phi, margins = outputs_and_margins(outputs, y_train, get_objective(objective) if objective else None)
     normalised, min_margin = normalised_margins(margins)
     labels = y_train.detach().to("cpu")
     if class_names is None:
@@ -208,6 +212,8 @@ def evaluate_candidates(
         scores = ToyScores(match=scores.match.to("cpu"), distance=scores.distance.to("cpu"))
         metrics.update(toy_metrics(scores, normalised, toy_radius=config.toy_radius, margin_tol=config.margin_tol))
     lam_cpu = lam.detach().to("cpu", torch.float64) if lam is not None else None
+    if lam_cpu is not None and lam_cpu.dim() == 2:  # one multiplier per wrong class: report their sum
+        lam_cpu = lam_cpu.abs().sum(dim=1)
     columns = dict(
         source_index=source_index, labels=labels, phi=phi, margins=margins, normalised=normalised, lam=lam_cpu
     )
@@ -245,7 +251,7 @@ def _check_shapes(
             f"inputs. Got {tuple(candidates.shape)}."
         )
     for name, value in (("lam", lam), ("candidate_labels", candidate_labels)):
-        if value is not None and tuple(value.shape) != (m,):
+        if value is not None and tuple(value.shape[:1]) != (m,):
             raise ConfigError(f"Expected `{name}` of shape ({m},). Got {tuple(value.shape)}.")
     if provenance is not None and tuple(provenance.shape) != (m, 2):
         raise ConfigError(f"Expected `provenance` of shape ({m}, 2). Got {tuple(provenance.shape)}.")
@@ -491,10 +497,11 @@ def evaluate(
     ds = victim.dataset
     config = dataclasses.replace(config or EvaluationConfig(), **overrides)
     held_out, source = held_out_pool(ds, config.held_out)
+    objective = get_objective(victim.manifest.get("objective") or ds.objective)
     result = evaluate_candidates(
         pooled.x.to(ds.x_train.device),
         ds.x_train,
-        ds.y_train,
+        objective.targets(ds.y_train, ds.targets),
         ds.mean,
         config,
         model=victim.model,
@@ -507,12 +514,14 @@ def evaluate(
         downsample=victim.downsample,
         held_out=held_out,
         held_out_source=source,
+        objective=objective.name,
     )
     result.metrics.update(
         {
             "rec_dirs": [str(d.resolve()) for d in pooled.rec_dirs],
             "n_candidates_per_run": [int((pooled.provenance[:, 0] == r).sum()) for r in range(len(pooled.rec_dirs))],
             "victim_run_dir": str(pooled.victim_run_dir),
+            "objective": objective.name,
             "data": victim.manifest.get("data"),
             "class_names": list(result.class_names),
             "versions": package_versions(),

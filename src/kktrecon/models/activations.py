@@ -55,15 +55,27 @@ class ModifiedReLU(nn.Module):
 
 
 def with_modified_relu(model: nn.Module, alpha: float) -> nn.Module:
-    """A frozen-in-place copy of ``model`` whose ReLUs are :class:`ModifiedReLU` (forward unchanged)."""
+    """A copy of ``model`` whose ``nn.ReLU`` modules are :class:`ModifiedReLU` (outputs unchanged).
+
+    Works on any module tree (nested ``Sequential``/``ModuleList``/``ModuleDict``, user classes, a
+    bare ``nn.ReLU``); ``model`` itself is not touched. Only ReLU *modules* are swapped: a
+    functional ``F.relu`` inside a custom ``forward`` keeps the true ReLU's derivative.
+
+    Raises:
+        ConfigError: ``alpha`` is not positive.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))
+        >>> with_modified_relu(net, 20.0)[1][0]
+        ModifiedReLU(alpha=20.0)
+    """
+    ModifiedReLU(alpha)  # refuse a bad alpha even when there is nothing to swap
     clone = copy.deepcopy(model)
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
+    if isinstance(clone, (nn.ReLU, ModifiedReLU)):
+        return ModifiedReLU(alpha)
+    for parent in list(clone.modules()):
+        for name, child in list(parent.named_children()):
             if isinstance(child, (nn.ReLU, ModifiedReLU)):
-                setattr(module, name, ModifiedReLU(alpha))
-            else:
-                swap(child)
-
-    swap(clone)
+                # add_module replaces the registered child under any name ("0", "layers", dict keys)
+                parent.add_module(name, ModifiedReLU(alpha))
     return clone
