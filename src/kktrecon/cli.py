@@ -108,10 +108,23 @@ def download(
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
     dataset: Annotated[str, typer.Option(help="mnist, cifar10 or toy.")] = "mnist",
-    task: Annotated[str, typer.Option(help="Labelling of the dataset (see `kktrecon data --help`).")] = "odd-even",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="odd-even, digits (10 classes), digit-value (regression) for mnist; vehicles-animals, "
+            "classes for cifar10; grid, spiral for toy. The task decides the objective."
+        ),
+    ] = "odd-even",
     n_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 10,
     test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 500,
-    hidden: Annotated[str, typer.Option(help="Hidden widths, comma-separated.")] = "1000,1000",
+    model: Annotated[str, typer.Option(help="Architecture: mlp (the paper's) or cnn.")] = "mlp",
+    hidden: Annotated[
+        str, typer.Option(help="Hidden widths, comma-separated (cnn: linear layers after the convs).")
+    ] = "1000,1000",
+    channels: Annotated[str, typer.Option(help="cnn: convolution channels, comma-separated.")] = "16,32",
+    kernel_size: Annotated[int, typer.Option(help="cnn: convolution kernel size.")] = 3,
+    stride: Annotated[int, typer.Option(help="cnn: convolution stride.")] = 2,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay of gradient descent (0: the paper).")] = 0.0,
     bias: Annotated[str, typer.Option(help="Bias policy: none, first (reference) or all.")] = "first",
     init_scale: Annotated[float, typer.Option(help="First-layer init scale.")] = 1e-4,
     lr: Annotated[float, typer.Option(help="Gradient-descent step size.")] = 0.01,
@@ -134,16 +147,21 @@ def train(
     with _errors():
         config = TrainConfig(
             data=DataConfig(dataset=dataset, task=task, n_per_class=n_per_class, test_per_class=test_per_class),
-            hidden=_hidden(hidden), bias=bias, init_scale=init_scale, lr=lr, steps=steps,
+            model=model, hidden=_hidden(hidden), channels=_hidden(channels), kernel_size=kernel_size, stride=stride,
+            weight_decay=weight_decay, bias=bias, init_scale=init_scale, lr=lr, steps=steps,
             loss_threshold=loss_threshold, schedule=schedule, seed=seed, dtype=dtype,
             checkpoint_every=checkpoint_every,
         )  # fmt: skip
         result = train_victim(config, out=out_dir, data_root=data_root, device=device, force=force, resume=resume)
     m = result.metrics
-    acc = "n/a" if m["test_accuracy"] is None else f"{m['test_accuracy']:.4f}"
+    test = (
+        f"test accuracy {m['test_accuracy']:.4f}"
+        if m["test_accuracy"] is not None
+        else (f"test error {m['test_error']:.4g}" if m.get("test_error") is not None else "no test set")
+    )
     out.print(
         f"trained {m['steps']} steps in {m['time_s']:.1f}s: loss {m['train_loss']:.3g}, train error "
-        f"{m['train_error']:.4f}, test accuracy {acc}, min margin {m['min_margin']:.3g} → {out_dir}",
+        f"{m['train_error']:.4g}, {test}, min margin {m['min_margin']:.3g} → {out_dir}",
         highlight=False,
     )
 
@@ -155,7 +173,12 @@ def diagnose(
     device: Device = "cpu",
     as_json: AsJson = False,
 ) -> None:
-    """How close a victim is to a KKT point: fit λ ≥ 0 by NNLS and report ‖θ − Σλᵢyᵢ∇Φ(xᵢ)‖/‖θ‖."""
+    """How close a victim is to a KKT point: fit its multipliers and report ‖θ − Σλᵢ∇θgᵢ‖/‖θ‖.
+
+    gᵢ is the objective's margin of training sample i (binary: yᵢΦ(xᵢ); multiclass: Φ_y − max_{k≠y} Φ_k;
+    λ ≥ 0 by NNLS) or Φ(xᵢ) itself (regression, λ free in sign). Victims trained with weight decay
+    are judged by the same condition.
+    """
     from kktrecon.victims import diagnose as run_diagnosis
 
     with _errors():
@@ -163,6 +186,10 @@ def diagnose(
     if as_json:
         _print_json(d.to_dict())
         return
+    wd = d.extra.get("weight_decay")
+    out.print(
+        f"[bold]objective[/]: {d.extra.get('objective')}" + (f", weight decay {wd:g}" if wd else ""), highlight=False
+    )
     out.print(f"[bold]relative residual[/]: {d.relative_residual:.4f}   (0 = exact KKT point)", highlight=False)
     for name, value in d.residual_per_layer.items():
         out.print(f"  {name}: {value:.4f}", highlight=False)
@@ -177,6 +204,10 @@ def reconstruct(
     run_dir: Annotated[Path, typer.Argument(help="Victim run directory (model.safetensors + model.json).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Reconstruction directory to create.")],
     iterations: Annotated[int, typer.Option(help="Optimisation steps.")] = 50_000,
+    objective: Annotated[
+        str | None,
+        typer.Option(help="binary, multiclass, multiclass-full or regression (default: the victim's objective)."),
+    ] = None,
     candidates: Annotated[int | None, typer.Option(help="Number of candidates m (default 2n).")] = None,
     init_scale: Annotated[float, typer.Option(help="Candidates start at N(0,1)·init_scale.")] = 0.035,
     lr: Annotated[float, typer.Option(help="Step size for the candidates.")] = 0.0305,
@@ -200,8 +231,8 @@ def reconstruct(
 
     with _errors():
         config = ReconstructionConfig(
-            candidates=candidates, iterations=iterations, init_scale=init_scale, lr=lr, lambda_lr=lambda_lr,
-            lambda_min=lambda_min, alpha=alpha, momentum=momentum, kkt_weight=kkt_weight,
+            objective=objective, candidates=candidates, iterations=iterations, init_scale=init_scale, lr=lr,
+            lambda_lr=lambda_lr, lambda_min=lambda_min, alpha=alpha, momentum=momentum, kkt_weight=kkt_weight,
             prior_weight=prior_weight, lambda_weight=lambda_weight, seed=seed, dtype=dtype,
             checkpoint_every=checkpoint_every,
         )  # fmt: skip

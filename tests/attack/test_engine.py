@@ -203,3 +203,33 @@ def test_force_deletes_the_old_attack_before_starting(victim_dir, tmp_path, inte
     fresh = reconstruct(victim_dir, **{**SMALL, "seed": 77})
     assert torch.equal(resumed.x, fresh.x)
     assert json.loads((tmp_path / "r" / "reconstruction.json").read_text())["config"]["seed"] == 77
+
+
+def test_a_plain_sequential_cnn_built_in_python_is_attacked_through_the_api(tmp_path) -> None:
+    from kktrecon.data import SAMPLE_ROOT, load_dataset
+
+    ds = load_dataset(data_root=SAMPLE_ROOT, n_per_class=5, test_per_class=5)
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, stride=2, padding=1, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 7 * 7, 1, bias=False),
+    )
+    opt = torch.optim.SGD(cnn.parameters(), lr=0.05)
+    for _ in range(100):  # a user's own training loop, not kktrecon's
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(cnn(ds.x_train)[:, 0], ds.y_train.float()).backward()
+        opt.step()
+    before = [p.detach().clone() for p in cnn.parameters()]
+    result = reconstruct(cnn, out=tmp_path / "rec", input_shape=(1, 28, 28), candidates=10, iterations=30,
+                         init_scale=0.1, lr=0.01, log_every=10, progress=False, device="cpu")  # fmt: skip
+    assert result.x.shape == (10, 1, 28, 28) and torch.isfinite(result.x).all()
+    assert result.history[-1]["kkt"] < result.history[0]["kkt"]
+    assert all(
+        torch.equal(p, q) for p, q in zip(before, cnn.parameters(), strict=True)
+    )  # the user's model is untouched
+    manifest = json.loads((tmp_path / "rec" / "reconstruction.json").read_text())
+    assert manifest["objective"] == "binary" and manifest["victim"]["input_shape"] == [1, 28, 28]

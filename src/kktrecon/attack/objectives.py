@@ -233,7 +233,7 @@ class RegressionObjective(Objective):
 def signs_of(labels: Tensor, dtype: torch.dtype) -> Tensor:
     """Binary labels as ±1: class indices 0/1 map to −1/+1, labels already in {−1, +1} stay."""
     labels = labels.to(dtype)
-    return labels if bool((labels < 0).any()) else 2 * labels - 1
+    return torch.where(labels < 0, labels, 2 * labels - 1)  # elementwise, so that torch.func can vmap it
 
 
 #: The objective registry. Add entries with :func:`register_objective`.
