@@ -21,7 +21,8 @@ from kktrecon.data import (
 def test_unknown_names_list_the_registry():
     with pytest.raises(DataError, match=r"Expected `dataset` to be one of \['cifar10', 'mnist', 'toy'\]. Got 'mnsit'"):
         DataConfig(dataset="mnsit")
-    with pytest.raises(ValueError, match=r"\['digits', 'odd-even'\] for dataset 'mnist'. Got 'vehicles-animals'"):
+    tasks = r"\['digit-value', 'digits', 'odd-even'\]"
+    with pytest.raises(ValueError, match=rf"{tasks} for dataset 'mnist'. Got 'vehicles-animals'"):
         DataConfig(task="vehicles-animals")
     with pytest.raises(DataError, match=r"\['grid', 'spiral'\] for dataset 'toy'. Got 'odd-even'"):
         load_dataset(dataset="toy")

@@ -106,6 +106,8 @@ def fake_victim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamesp
         class_names=("odd", "even"),
         is_image=True,
         x_test=_images(4, seed=21)[0],
+        objective="binary",
+        targets=(),
         config=SimpleNamespace(dataset="fake", task="t", test_per_class=2),
     )
     victim = Victim(model=model, manifest=manifest, dataset=dataset, downsample=1, run_dir=run_dir)
