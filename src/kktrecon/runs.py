@@ -30,6 +30,8 @@ __all__ = [
     "DTYPES",
     "METRICS_FILE",
     "PER_SAMPLE_FILE",
+    "POOL_DIR",
+    "RANKING_FILE",
     "RECONSTRUCTION_FILE",
     "REPORT_FILE",
     "TRAIN_STATE_FILE",
@@ -69,6 +71,8 @@ ATTACK_STATE_FILE = "checkpoint.safetensors"  # resumable attack state
 METRICS_FILE = "metrics.json"  # an evaluation's summary
 PER_SAMPLE_FILE = "per_sample.csv"  # an evaluation's row per training sample
 REPORT_FILE = "report.html"
+RANKING_FILE = "ranking.json"  # a pooled sweep's oracle-free ranking of its candidates
+POOL_DIR = "pool"  # inside a sweep directory: its best trials' candidates, pooled and ranked
 
 C = TypeVar("C")
 
@@ -208,6 +212,8 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         nested = _NESTED.get((cls.__name__, name))
         if nested is not None and isinstance(value, Mapping):
             value = config_from_dict(nested, value)
+        elif nested is not None and isinstance(value, list):  # a tuple of nested configs
+            value = tuple(config_from_dict(nested, v) for v in value)
         elif isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING):
             value = tuple(value)
         kwargs[name] = value
@@ -218,7 +224,7 @@ _NESTED: dict[tuple[str, str], type] = {}
 
 
 def register_nested(owner: str, field: str, cls: type) -> None:
-    """Tell :func:`config_from_dict` that ``owner.field`` holds a ``cls`` config."""
+    """Tell :func:`config_from_dict` that ``owner.field`` holds a ``cls`` config (or a tuple of them)."""
     _NESTED[(owner, field)] = cls
 
 

@@ -30,7 +30,17 @@ from kktrecon.evaluation.scores import Scores, image_metrics, score_candidates
 from kktrecon.evaluation.toy import ToyScores, score_toy, toy_grid, toy_metrics
 from kktrecon.evaluation.verdict import Verdict, chance_metrics, recovery_verdict, verdict_metrics
 from kktrecon.reporting.figures import save_figures
-from kktrecon.runs import METRICS_FILE, PER_SAMPLE_FILE, atomic_write_json, atomic_write_text, package_versions
+from kktrecon.runs import (
+    METRICS_FILE,
+    PER_SAMPLE_FILE,
+    POOL_DIR,
+    RANKING_FILE,
+    RECONSTRUCTION_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    package_versions,
+    read_json,
+)
 from kktrecon.victims import load_victim
 
 __all__ = [
@@ -94,7 +104,7 @@ class EvaluationResult:
         class_names: names of the classes, indexed by label.
         train_images: training images + mean in [0, 1] (images only).
         points: training points (toy only).
-        candidates: the (pooled) candidates (toy only; images are summarised by ``scores.aligned``).
+        candidates: the (pooled) candidates: points (toy), or images as the attack made them (mean-subtracted).
         candidate_labels: the candidates' labels (toy only).
         toy_grid: (xs, ys, Φ) on a grid for the decision boundary plot (toy with a model only).
         verdict: which training images were recovered, with their baselines (images only).
@@ -365,6 +375,7 @@ def _attach_inputs(
         result.train_images = (
             x_train.detach().to("cpu", torch.float64) + mean.detach().to("cpu", torch.float64)
         ).clamp(0.0, 1.0)
+        result.candidates = candidates.detach().to("cpu", torch.float64)  # as the attacker holds them
         return
     result.points = x_train.detach().to("cpu", torch.float64).flatten(1)
     result.candidates = candidates.detach().to("cpu", torch.float64).flatten(1)
@@ -432,6 +443,27 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, figures: 
     return files
 
 
+def _pool_of_sweep(rec_dirs: str | Path | Sequence[str | Path]) -> str | Path | Sequence[str | Path]:
+    """A sweep directory stands for its pooled candidates (``SWEEP_DIR/pool``, written by the sweep)."""
+    if isinstance(rec_dirs, str | Path):
+        path = Path(rec_dirs)
+        if not (path / RECONSTRUCTION_FILE).exists() and (path / POOL_DIR / RECONSTRUCTION_FILE).exists():
+            return path / POOL_DIR
+    return rec_dirs
+
+
+def attacker_metrics(ranking_path: Path, verdict: Verdict, *, ks: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
+    """How good the attacker's oracle-free ranking is: the fraction of its top-k candidates that are real."""
+    ranking = read_json(ranking_path)
+    real = verdict.candidate_real
+    return {
+        "criterion": ranking.get("criterion"),
+        **{f"precision_at_{k}": float(real[:k].float().mean()) if len(real) else None for k in ks},
+        "n_real_candidates": int(real.sum()),
+        "n_candidates": len(real),
+    }
+
+
 def held_out_pool(dataset: Dataset, wanted: int | None) -> tuple[Tensor, str]:
     """The first images of the victim's test split (same task and preprocessing) and where they came from.
 
@@ -487,7 +519,7 @@ def evaluate(
         VictimMismatchError: when the directories come from different victims.
         FileNotFoundError: when a directory lacks its files.
     """
-    pooled = load_candidates(rec_dirs)
+    pooled = load_candidates(_pool_of_sweep(rec_dirs))
     target = Path(out_dir) if out_dir is not None else pooled.rec_dirs[0]
     if (target / METRICS_FILE).exists() and not force:
         raise RunDirectoryExistsError(
@@ -516,6 +548,9 @@ def evaluate(
         held_out_source=source,
         objective=objective.name,
     )
+    ranking = pooled.rec_dirs[0] / RANKING_FILE
+    if len(pooled.rec_dirs) == 1 and ranking.is_file() and result.verdict is not None:
+        result.metrics["attacker"] = attacker_metrics(ranking, result.verdict)
     result.metrics.update(
         {
             "rec_dirs": [str(d.resolve()) for d in pooled.rec_dirs],

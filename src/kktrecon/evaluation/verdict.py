@@ -84,6 +84,10 @@ class Verdict:
         held_out_ssim: that look-alike's aligned SSIM with xᵢ (0 without held-out images).
         held_out_images: those look-alikes, scale-aligned, in [0, 1] (for the figures).
         chance_ssim: aligned SSIM of xᵢ's nearest other training image (0 when n < 2).
+        candidate_real: per *candidate* (m,): its nearest pool image is a training image and their
+            aligned SSIM exceeds the threshold (what an attacker's ranking is judged against).
+        candidate_nearest: per candidate (m,): the training image nearest to it when that is its
+            nearest pool image, else -1 (nearest to a held-out image).
     """
 
     recovered: Tensor
@@ -95,6 +99,8 @@ class Verdict:
     held_out_ssim: Tensor
     held_out_images: Tensor
     chance_ssim: Tensor
+    candidate_real: Tensor
+    candidate_nearest: Tensor
 
 
 def recovery_verdict(
@@ -129,8 +135,10 @@ def recovery_verdict(
     ssim = torch.zeros(n, dtype=torch.float64)
     best = torch.full((n,), -1, dtype=torch.int64)
     images = torch.zeros((n, *train.shape[1:]), dtype=torch.float64)
+    real = torch.zeros(candidates.shape[0], dtype=torch.bool)
     if len(owners):
         _, owner_images, owner_ssim = aligned_ssim(candidates[owners], train[nearest[owners]], mean)
+        real[owners.cpu()] = (owner_ssim > threshold).cpu()
         for k, (j, value) in enumerate(zip(owners.tolist(), owner_ssim.cpu().tolist(), strict=True)):
             i = int(nearest[j])
             if best_buddies and int(match[i]) != j:
@@ -152,6 +160,8 @@ def recovery_verdict(
         held_out_ssim=look_ssim,
         held_out_images=look_images,
         chance_ssim=chance.to(torch.float64),
+        candidate_real=real,
+        candidate_nearest=torch.where(nearest < n, nearest, torch.full_like(nearest, -1)).cpu(),
     )
 
 

@@ -35,10 +35,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIGURES",
+    "FIG_ATTACKER",
     "FIG_PAIRS",
     "FIG_SCATTER",
     "FIG_TOY",
     "figure_png",
+    "plot_attacker_view",
     "plot_loss_history",
     "plot_pairs",
     "plot_ssim_vs_output",
@@ -49,6 +51,7 @@ __all__ = [
 FIG_PAIRS = "fig_pairs.png"
 FIG_SCATTER = "fig_ssim_vs_output.png"
 FIG_TOY = "fig_toy.png"
+FIG_ATTACKER = "fig_attacker.png"
 FIGURES: dict[str, str] = {
     FIG_PAIRS: "Each training image (top) above its scale-aligned reconstruction and, at the bottom, the held-out "
     "image nearest to it: what a look-alike the victim never saw scores. Best SSIM first (cf. Fig. 3 of the paper); "
@@ -56,6 +59,9 @@ FIGURES: dict[str, str] = {
     FIG_SCATTER: "SSIM of each training sample's best candidate against the model's output on that sample, "
     "coloured by class; filled: scale-aligned SSIM, hollow: the paper's min-max SSIM, ringed: recovered (cf. Fig. 4). "
     "Lines: the threshold and the medians a look-alike reaches (nearest other training image, nearest held-out one).",
+    FIG_ATTACKER: "The attacker's view of a sweep: its best candidates, ranked without the training set by how many "
+    "independent trials found them (and the victim's margin on them), above the training image the oracle says each "
+    "recovers (green) or a blank (red: not a training image).",
     FIG_TOY: "The 2-D toy: decision boundary Φ = 0, training points (ringed: on the margin) and the candidates "
     "at the end of reconstruction (crosses); dotted circles have the matching radius.",
 }
@@ -163,6 +169,52 @@ def _grid(stacks: list[np.ndarray], order: np.ndarray, shown: np.ndarray, *, per
             canvas[y : y + h, left : left + w] = stack[i].transpose(1, 2, 0)
         labels.append((left + w / 2, top + depth * h + (depth - 1) * pad + gap * 0.45))
     return canvas, labels
+
+
+def plot_attacker_view(result: EvaluationResult, *, top: int = 20, per_row: int = 10) -> Figure:
+    """A pooled sweep's best candidates as an attacker ranks them (no training data), above the oracle's verdict.
+
+    Top row of each cell: a candidate, min-max scaled on its own (the attacker knows neither the
+    training mean nor the scale). Bottom: the training image it recovers, when the oracle says it
+    does (label green), else blank (red: nearer to a held-out image, or too unlike its nearest).
+
+    Args:
+        result: an image evaluation of a pooled sweep (candidates stored best first).
+        top: how many of the best-ranked candidates to show.
+        per_row: candidates per row.
+    """
+    verdict, candidates = result.verdict, result.candidates
+    if not result.is_image or verdict is None or candidates is None or result.train_images is None:
+        raise ConfigError("Expected an image evaluation with a verdict for the attacker's view.")
+    k = min(top, len(candidates))
+    shown = _minmax_np(candidates[:k].numpy())
+    nearest = verdict.candidate_nearest[:k].numpy()
+    real = verdict.candidate_real[:k].numpy()
+    matched = np.where(real[:, None, None, None], result.train_images.numpy()[np.clip(nearest, 0, None)], 1.0)
+    canvas, cells = _grid([shown, matched], np.arange(k), np.ones(k, dtype=bool), per_row=per_row)
+    channels, w = shown.shape[1], shown.shape[3]
+    inches_per_px = 0.9 / w
+    fig = _figure(max(4.0, canvas.shape[1] * inches_per_px), canvas.shape[0] * inches_per_px + 0.7)
+    ax = fig.add_subplot()
+    ax.imshow(canvas[..., 0] if channels == 1 else canvas, cmap="gray" if channels == 1 else None, vmin=0.0,
+              vmax=1.0, interpolation="nearest")  # fmt: skip
+    for (x, y), i in zip(cells, range(k), strict=True):
+        label = f"{i + 1}: #{nearest[i]}" if real[i] else f"{i + 1}: —"
+        ax.text(x, y, label, ha="center", va="center", fontsize=_FONT - 1, color="#0a6e0a" if real[i] else "#b01010")
+    ax.set_axis_off()
+    precision = float(real.mean()) if k else 0.0
+    ax.set_title(
+        f"The attacker's top {k} candidates (ranked without the training set) · below: the training image each "
+        f"recovers, per the oracle\n{int(real.sum())} of {k} are real ({precision:.0%})",
+        fontsize=_FONT + 1,
+    )
+    return fig
+
+
+def _minmax_np(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(len(x), -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    return (x - lo[:, None, None, None]) / np.maximum(hi - lo, 1e-12)[:, None, None, None]
 
 
 def plot_ssim_vs_output(result: EvaluationResult) -> Figure:
@@ -376,6 +428,8 @@ def save_figures(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     if result.is_image:
         figures[FIG_PAIRS] = plot_pairs(result)
         figures[FIG_SCATTER] = plot_ssim_vs_output(result)
+        if "attacker" in result.metrics:
+            figures[FIG_ATTACKER] = plot_attacker_view(result)
     elif result.points is not None and result.points.shape[1] == 2:
         figures[FIG_TOY] = plot_toy(result)
     written = {}

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunFileNotFoundError
-from kktrecon.reporting.figures import FIG_PAIRS, FIG_SCATTER, FIG_TOY, FIGURES, figure_png, plot_loss_history
+from kktrecon.reporting.figures import (
+    FIG_ATTACKER,
+    FIG_PAIRS,
+    FIG_SCATTER,
+    FIG_TOY,
+    FIGURES,
+    figure_png,
+    plot_loss_history,
+)
 from kktrecon.runs import (
     METRICS_FILE,
     PER_SAMPLE_FILE,
@@ -60,6 +68,10 @@ TOLERANCE = (
     "SSIM is harsh on noise over flat backgrounds: a noisy copy of a training image is still a leak this count "
     "can miss, so look at the grid too. Held-out images given as candidates are recovered for 0/20 on both."
 )
+
+
+def _pct(value: Any) -> str:
+    return f"{value:.0%}" if isinstance(value, float) else "?"
 
 
 def _e(value: Any) -> str:
@@ -173,6 +185,12 @@ def _image_headline(metrics: dict[str, Any], n: Any) -> tuple[str, str]:
             f"{_fmt(metrics.get('chance_median_ssim_aligned'))}; min-max "
             f"{metrics.get('chance_n_reconstructed_reference', '?')} of {n})"
         )
+    attacker = metrics.get("attacker")
+    if attacker:
+        sub += (
+            f". The attacker's own ranking (no training set): {_pct(attacker.get('precision_at_10'))} of its top 10 "
+            f"and {_pct(attacker.get('precision_at_20'))} of its top 20 pooled candidates are real"
+        )
     sub += (
         f". Without the pool: {metrics.get('n_reconstructed', '?')} of {n} with aligned SSIM > {threshold} "
         f"(median {_fmt(metrics.get('median_ssim_aligned'))}) · the paper's min-max protocol: "
@@ -259,6 +277,8 @@ def _read_evaluation(rec_dir: Path) -> tuple[dict[str, Any], list[dict[str, str]
 def _figures_section(rec_dir: Path, metrics: dict[str, Any], notes: list[str]) -> list[str]:
     parts = ["<h2>Figures</h2>"]
     wanted = [FIG_TOY] if metrics.get("kind") == "toy" else [FIG_PAIRS, FIG_SCATTER]
+    if "attacker" in metrics:
+        wanted.insert(0, FIG_ATTACKER)
     for name in wanted:
         path = rec_dir / name
         if path.is_file():

@@ -1,0 +1,102 @@
+"""Where trial batches run: in this process, or as Ray tasks on a local instance or a cluster.
+
+A backend takes batches of trials (configs and reconstruction directories) and returns, per trial,
+None or why it failed. The study (ask, score, tell) stays in the driver; workers only write their
+trials' directories, so a cluster needs the sweep directory on a shared filesystem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kktrecon.attack.batched import reconstruct_batch
+from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.errors import ConfigError, MissingDependencyError
+from kktrecon.registry import Registry
+from kktrecon.runs import config_from_dict, config_to_dict
+
+__all__ = ["BACKENDS", "LocalBackend", "RayBackend", "get_backend", "run_batch"]
+
+
+def run_batch(
+    victim: str, configs: Sequence[dict[str, Any]], outs: Sequence[str], *, device: str, resume: bool, progress: bool
+) -> list[str | None]:
+    """Run one batch of trials (plain data in and out, so that it can travel to a Ray worker)."""
+    outcome = reconstruct_batch(
+        victim, [config_from_dict(ReconstructionConfig, c) for c in configs], outs=list(outs), device=device,
+        resume=resume, progress=progress,
+    )  # fmt: skip
+    return list(outcome.errors)
+
+
+Batch = tuple[list[ReconstructionConfig], list[Path]]
+
+
+class LocalBackend:
+    """Runs batches one after the other in this process."""
+
+    slots = 1
+
+    def __init__(self, *, device: str, progress: bool, **_: Any) -> None:
+        self.device, self.progress = device, progress
+
+    def run(self, victim: Path, batches: list[Batch], *, resume: bool) -> list[list[str | None]]:
+        return [
+            run_batch(
+                str(victim),
+                [config_to_dict(c) for c in configs],
+                [str(o) for o in outs],
+                device=self.device,
+                resume=resume,
+                progress=self.progress,
+            )
+            for configs, outs in batches
+        ]
+
+
+class RayBackend:
+    """Runs each batch as a Ray task: on the cluster at ``address``, or on a local Ray instance."""
+
+    def __init__(self, *, address: str | None, device: str, progress: bool, **_: Any) -> None:
+        try:
+            import ray
+        except ImportError as err:
+            raise MissingDependencyError(
+                "The Ray backend needs ray: pip install 'kktrecon[cluster]' (or pip install 'ray[default]')."
+            ) from err
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        gpu = device.startswith("cuda")
+        self.task = ray.remote(num_gpus=1 if gpu else 0, num_cpus=1)(run_batch)
+        resources = ray.cluster_resources()
+        # One batch per GPU, or per CPU: a batch's tensor program keeps a core busy on its own.
+        self.slots = max(1, int(resources.get("GPU" if gpu else "CPU", 1)))
+        self.device = device
+
+    def run(self, victim: Path, batches: list[Batch], *, resume: bool) -> list[list[str | None]]:
+        refs = [
+            self.task.remote(
+                str(victim.resolve()),
+                [config_to_dict(c) for c in configs],
+                [str(o.resolve()) for o in outs],
+                device=self.device,
+                resume=resume,
+                progress=False,
+            )
+            for configs, outs in batches
+        ]
+        return self.ray.get(refs)
+
+
+#: Backends by name.
+BACKENDS: Registry[type] = Registry("backend", ConfigError)
+BACKENDS.register("local", LocalBackend)
+BACKENDS.register("ray", RayBackend)
+
+
+def get_backend(name: str, *, address: str | None = None, device: str = "auto", progress: bool = True) -> Any:
+    """An instance of the backend called ``name``."""
+    return BACKENDS.get_entry(name)(address=address, device=device, progress=progress)

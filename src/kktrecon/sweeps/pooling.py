@@ -1,0 +1,128 @@
+"""Pooling a sweep: the candidates of its best trials, without duplicates, ranked as an attacker would.
+
+An attacker who ran a sweep holds many candidate sets and no training set. Pooling takes the top
+trials by the sweep's objective, scores every candidate by the oracle-free evidence of
+:mod:`kktrecon.sweeps.selection` (agreement between trials, margin, multiplier) and keeps one
+candidate per cluster of near-duplicates. The pooled set is an ordinary candidate set: the
+evaluation scores it against the training set (the oracle verdict) beside the attacker's ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as st_save
+
+from kktrecon.attack.objectives import default_objective, get_objective
+from kktrecon.evaluation.candidates import PooledCandidates, load_candidates
+from kktrecon.models import load_checkpoint
+from kktrecon.runs import (
+    CANDIDATES_FILE,
+    POOL_DIR,
+    RANKING_FILE,
+    RECONSTRUCTION_FILE,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+)
+from kktrecon.sweeps.selection import Features, candidate_features, dedupe, rank
+
+__all__ = ["POOL_DIR", "SweepPool", "pool_sweep", "pooled_features", "write_pool"]
+
+SCORE_TEXT = (
+    "oracle-free: the number of other trials that found a candidate within the NCC distance tau, "
+    "+ 0.5 when the victim's margin on it is positive, + under 0.5 by its multiplier |λ|"
+)
+
+
+def pooled_features(victim: str | Path, rec_dirs: Sequence[Path], *, tau: float) -> tuple[PooledCandidates, Features]:
+    """The candidates of ``rec_dirs`` pooled, with their oracle-free features."""
+    pooled = load_candidates(list(rec_dirs))
+    model, manifest = load_checkpoint(victim, dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        outputs = model(pooled.x[:1]).shape[1]
+    objective = get_objective(manifest.get("objective") or default_objective(outputs).name)
+    downsample = _downsample(manifest)
+    features = candidate_features(
+        model, objective, pooled.x, pooled.lam, pooled.y, pooled.provenance[:, 0], tau=tau, downsample=downsample
+    )
+    return pooled, features
+
+
+def _downsample(manifest: dict[str, Any]) -> int:
+    from kktrecon.data import DATASETS  # the matching resolution of the victim's data set (no data is read)
+
+    name = (manifest.get("data") or {}).get("dataset")
+    return int(DATASETS[name].match_downsample) if name in DATASETS else 1
+
+
+@dataclass(frozen=True)
+class SweepPool:
+    """The pooled, deduplicated candidates of a sweep's top trials, best first by the oracle-free score."""
+
+    x: torch.Tensor
+    lam: torch.Tensor
+    y: torch.Tensor
+    provenance: torch.Tensor  # (run, index) into ``rec_dirs``
+    features: Features
+    rec_dirs: tuple[Path, ...]
+    victim: Path
+
+
+def pool_sweep(sweep_dir: str | Path, *, top: int = 8) -> SweepPool:
+    """Pool the ``top`` trials of a sweep by its objective (see the module docstring)."""
+    from kktrecon.sweeps.study import RESULTS_FILE, SWEEP_FILE, load_sweep_config
+
+    sweep_dir = Path(sweep_dir)
+    config = load_sweep_config(sweep_dir)
+    rows = read_json(sweep_dir / RESULTS_FILE)["trials"]
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    key = "value" if config.objective == "oracle" else "kkt_score_final"
+    best = sorted(done, key=lambda r: r.get(key) or 0.0, reverse=True)[:top]
+    victim = Path(read_json(sweep_dir / SWEEP_FILE)["victim"])
+    pooled, features = pooled_features(victim, [Path(r["dir"]) for r in best], tau=config.tau)
+    order = rank(features)
+    keep = dedupe(pooled.x, order, tau=config.tau, downsample=_downsample(read_json(victim / "model.json")))
+    pick = lambda t: t[keep]  # noqa: E731
+    kept = Features(*(pick(getattr(features, f)) for f in ("trial", "support", "margin", "weight", "score")))
+    return SweepPool(pick(pooled.x), pick(pooled.lam), pick(pooled.y), pick(pooled.provenance), kept,
+                     pooled.rec_dirs, victim)  # fmt: skip
+
+
+def write_pool(sweep_dir: str | Path, *, top: int = 8) -> Path:
+    """Write the pooled candidates of a sweep as a reconstruction directory ``SWEEP_DIR/pool``.
+
+    It holds ``candidates.safetensors`` (best first), ``reconstruction.json`` (its victim and source
+    trials) and ``ranking.json`` (the attacker's evidence per candidate), so that ``kktrecon evaluate
+    SWEEP_DIR`` scores it like any reconstruction and shows the attacker's ranking beside the verdict.
+    """
+    sweep_dir = Path(sweep_dir)
+    pool = pool_sweep(sweep_dir, top=top)
+    out = sweep_dir / POOL_DIR
+    tensors = {"x": pool.x, "lam": pool.lam, "y": pool.y}
+    atomic_write_bytes(out / CANDIDATES_FILE, st_save({k: v.contiguous().cpu() for k, v in tensors.items()}))
+    f = pool.features
+    ranking = [
+        {
+            "rank": i,
+            "trial_dir": str(pool.rec_dirs[int(pool.provenance[i, 0])]),
+            "index": int(pool.provenance[i, 1]),
+            "score": float(f.score[i]),
+            "support": int(f.support[i]),
+            "margin": float(f.margin[i]),
+            "weight": float(f.weight[i]),
+        }
+        for i in range(len(f.score))
+    ]
+    atomic_write_json(out / RANKING_FILE, {"criterion": SCORE_TEXT, "candidates": ranking})
+    atomic_write_json(out / RECONSTRUCTION_FILE, {
+        "format": "kktrecon.pool/1", "victim": {"run_dir": str(pool.victim)}, "candidates": len(ranking),
+        "sources": [str(d) for d in pool.rec_dirs], "selection": SCORE_TEXT, "config": {"top_trials": top},
+        "loss_history": [],
+    })  # fmt: skip
+    return out

@@ -1,0 +1,419 @@
+"""Hyperparameter sweeps of the attack: an Optuna study in SQLite, trials as ordinary reconstruction runs.
+
+The reference pipeline tunes the attack per victim with a ~100-run random sweep over init_scale
+log-U[1e-6, 0.1], lr log-U[1e-5, 1], λ_min U[0.01, 0.5] and α U[10, 500], scored against the true
+training set, an oracle no attacker has. Here the sweep's objective is oracle-free by default
+(``kkt``: candidates that independent trials agree on, :mod:`kktrecon.sweeps.selection`); the
+``oracle`` objective (recovered training images, :mod:`kktrecon.evaluation.verdict`) is for research
+only and labelled so everywhere.
+
+A sweep directory holds ``sweep.json`` (config, victim, versions), ``study.db`` (Optuna's RDB
+storage, so a killed sweep resumes where it stopped and several workers can share it) and
+``trials/NNNN/``, one reconstruction directory per trial. Trials advance K at a time as one
+program (:mod:`kktrecon.attack.batched`), locally or as Ray tasks (:mod:`kktrecon.sweeps.backends`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.checks import check_int, check_number
+from kktrecon.errors import ConfigError, MissingDependencyError, RunDirectoryExistsError, RunStateError
+from kktrecon.models import load_checkpoint, weights_fingerprint
+from kktrecon.registry import Registry
+from kktrecon.runs import (
+    RECONSTRUCTION_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    config_from_dict,
+    config_to_dict,
+    package_versions,
+    read_json,
+    register_nested,
+)
+
+__all__ = ["OFFICIAL_SPACE", "SAMPLERS", "SWEEP_FILE", "Parameter", "SweepConfig", "SweepResult", "sweep"]
+
+SWEEP_FILE = "sweep.json"
+STUDY_FILE = "study.db"
+TRIALS_DIR = "trials"
+RESULTS_FILE = "results.json"
+ERROR_FILE = "error.txt"  # why a trial failed (its loss diverged)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One swept hyperparameter of :class:`~kktrecon.attack.ReconstructionConfig`: a range and a scale."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in {f.name for f in dataclasses.fields(ReconstructionConfig)}:
+            raise ConfigError(f"Expected a swept `name` that ReconstructionConfig has. Got {self.name!r}.")
+        check_number(f"{self.name}.low", self.low, low=0 if self.log else None, low_open=self.log)
+        check_number(f"{self.name}.high", self.high, low=self.low, low_open=True)
+
+
+#: The reference sweep's space (nivha/dataset_reconstruction).
+OFFICIAL_SPACE: tuple[Parameter, ...] = (
+    Parameter("init_scale", 1e-6, 0.1, log=True),
+    Parameter("lr", 1e-5, 1.0, log=True),
+    Parameter("lambda_min", 0.01, 0.5),
+    Parameter("alpha", 10.0, 500.0),
+)
+
+
+def _random(seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _tpe(seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+
+
+#: Samplers by name: random (the reference) or TPE (Optuna's Bayesian default).
+SAMPLERS: Registry[Callable[[int], Any]] = Registry("sampler", ConfigError)
+SAMPLERS.register("random", _random)
+SAMPLERS.register("tpe", _tpe)
+#: What a trial is scored by: oracle-free candidates' agreement, or recovered images (research only).
+SWEEP_OBJECTIVES = ("kkt", "oracle")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: how many trials, how long each, how many at a time, how they are chosen and scored.
+
+    Args:
+        trials: the total number of trials (a resumed sweep may raise it).
+        iterations: attack iterations per trial.
+        batch: trials that advance together as one program (K).
+        sampler: ``random`` (the reference) or ``tpe``.
+        objective: ``kkt`` (oracle-free, the default) or ``oracle`` (n_recovered against the
+            training set: research only).
+        seed: seed of the sampler; trial i's candidates are seeded with ``seed + i``.
+        space: the swept parameters (default: the reference's space).
+        attack: the other attack settings, shared by all trials (candidates, dtype, objective, …).
+        tau: NCC distance under which two candidates of different trials agree (``kkt`` objective).
+        checkpoint_every: iterations between a trial's checkpoints.
+    """
+
+    trials: int = 24
+    iterations: int = 6000
+    batch: int = 8
+    sampler: str = "random"
+    objective: str = "kkt"
+    seed: int = 0
+    space: tuple[Parameter, ...] = OFFICIAL_SPACE
+    attack: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    tau: float = 0.4
+    checkpoint_every: int = 1000
+
+    def __post_init__(self) -> None:
+        check_int("trials", self.trials, low=1)
+        check_int("iterations", self.iterations, low=1)
+        check_int("batch", self.batch, low=1)
+        check_int("seed", self.seed, low=0)
+        check_int("checkpoint_every", self.checkpoint_every, low=0)
+        check_number("tau", self.tau, low=0, low_open=True)
+        SAMPLERS.get_entry(self.sampler)
+        if self.objective not in SWEEP_OBJECTIVES:
+            raise ConfigError(f"Expected `objective` to be one of {list(SWEEP_OBJECTIVES)}. Got {self.objective!r}.")
+        names = [p.name for p in self.space]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"Expected each swept parameter once. Got {names}.")
+
+    def trial_config(self, number: int, params: Mapping[str, float]) -> ReconstructionConfig:
+        """The attack config of trial ``number`` with the sampled ``params``."""
+        log_every = max(1, self.iterations // 50)
+        return dataclasses.replace(
+            self.attack, iterations=self.iterations, seed=self.seed + number, checkpoint_every=self.checkpoint_every,
+            log_every=log_every, **params,
+        )  # fmt: skip
+
+
+register_nested("SweepConfig", "attack", ReconstructionConfig)
+register_nested("SweepConfig", "space", Parameter)
+
+
+@dataclass
+class SweepResult:
+    """A finished (or budget-stopped) sweep: its directory and one row per trial."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    seconds: float
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        done = [r for r in self.rows if r["state"] == "COMPLETE"]
+        return max(done, key=lambda r: r["value"]) if done else None
+
+
+def sweep(
+    victim: str | Path,
+    out: str | Path,
+    config: SweepConfig | None = None,
+    *,
+    data_root: str | Path | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    budget_s: float | None = None,
+    pool_top: int = 8,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> SweepResult:
+    """Run (or continue) a sweep of the attack on a victim; every trial is a reconstruction directory.
+
+    Args:
+        victim: a victim run directory.
+        out: the sweep directory.
+        config: the sweep; keyword ``overrides`` replace its fields (``sweep(v, d, trials=8)``).
+        data_root: where the training data is, for the ``oracle`` objective only.
+        backend: ``local`` (this process) or ``ray`` (trial batches as Ray tasks; ``address`` of a
+            cluster, or a local Ray instance).
+        budget_s: stop asking for new trials when the next batch would not finish within this many
+            seconds of wall time (trials already started are finished).
+        pool_top: how many of the best trials to pool into ``SWEEP_DIR/pool`` at the end.
+        device: where trials run (``auto``: CUDA when present).
+        resume: continue a sweep in ``out``: trials of a killed run are resumed from their checkpoints
+            and told once, never run twice; ``trials`` may be raised.
+        force: delete an existing sweep in ``out`` first.
+        progress: show progress bars.
+
+    Raises:
+        RunDirectoryExistsError: ``out`` holds a sweep and neither ``resume`` nor ``force`` was given.
+        RunStateError: resuming with another config or victim.
+        MissingDependencyError: optuna (or ray, for ``backend="ray"``) is not installed.
+    """
+    config = dataclasses.replace(config or SweepConfig(), **overrides)
+    optuna = _optuna()
+    from kktrecon.sweeps.backends import get_backend
+
+    runner = get_backend(backend, address=address, device=str(device), progress=progress)
+    out = _open_sweep(Path(victim), Path(out), config, resume=resume, force=force)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
+    study = optuna.create_study(
+        study_name="kktrecon", storage=storage, direction="maximize", sampler=SAMPLERS[config.sampler](config.seed),
+        load_if_exists=True,
+    )  # fmt: skip
+    scorer = _Scorer(Path(victim), out, config, data_root=data_root, device=device)
+    start = time.perf_counter()
+    stale = _stale_trials(study, out)
+    for i in range(0, len(stale), config.batch):
+        _run(study, runner, scorer, config, Path(victim), out, [stale[i : i + config.batch]])
+    round_seconds: list[float] = []
+    while (remaining := config.trials - _counted(study)) > 0:
+        if budget_s is not None and round_seconds and time.perf_counter() - start + max(round_seconds) > budget_s:
+            break
+        batches = []
+        for _ in range(runner.slots):
+            size = min(config.batch, remaining - sum(len(b) for b in batches))
+            if size > 0:
+                batches.append([_ask(study, config, out) for _ in range(size)])
+        t0 = time.perf_counter()
+        _run(study, runner, scorer, config, Path(victim), out, batches)
+        round_seconds.append(time.perf_counter() - t0)
+    rows = scorer.finalise(study)
+    atomic_write_json(out / RESULTS_FILE, {"objective": config.objective, "trials": rows})
+    if any(r["state"] == "COMPLETE" for r in rows):
+        from kktrecon.sweeps.pooling import write_pool
+
+        write_pool(out, top=pool_top)
+    return SweepResult(out=out, rows=rows, seconds=time.perf_counter() - start)
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as err:  # pragma: no cover - optuna is a dependency
+        raise MissingDependencyError("Sweeps need optuna: pip install optuna.") from err
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _open_sweep(victim: Path, out: Path, config: SweepConfig, *, resume: bool, force: bool) -> Path:
+    """Create or reopen a sweep directory, refusing a foreign sweep or one started with other settings."""
+    if force and resume:
+        raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
+    model, _ = load_checkpoint(victim)
+    record = {
+        "format": "kktrecon.sweep/1",
+        "victim": str(victim.resolve()),
+        "fingerprint": weights_fingerprint(model),
+        "config": config_to_dict(config),
+        "versions": package_versions(),
+    }
+    manifest = out / SWEEP_FILE
+    if manifest.exists() and force:
+        for name in (SWEEP_FILE, STUDY_FILE, RESULTS_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / TRIALS_DIR, ignore_errors=True)
+    elif manifest.exists() and not resume:
+        raise RunDirectoryExistsError(f"{out} already holds a sweep; pass --resume to continue it or --force.")
+    elif manifest.exists():
+        saved = read_json(manifest)
+        if saved.get("fingerprint") != record["fingerprint"]:
+            raise RunStateError(f"Cannot resume {out}: it sweeps another victim ({saved.get('victim')}).")
+        before = {k: v for k, v in saved.get("config", {}).items() if k != "trials"}
+        now = {k: v for k, v in record["config"].items() if k != "trials"}
+        if before != now:
+            differs = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise RunStateError(f"Cannot resume {out}: its config differs in {differs}; only `trials` may change.")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, record)
+    return out
+
+
+def load_sweep_config(out: str | Path) -> SweepConfig:
+    """The config recorded in a sweep directory."""
+    return config_from_dict(SweepConfig, read_json(Path(out) / SWEEP_FILE)["config"])
+
+
+def _counted(study: Any) -> int:
+    """Trials that count towards the total: finished ones and those some live worker is running."""
+    return len(study.get_trials(deepcopy=False))
+
+
+def _distribution(p: Parameter) -> Any:
+    import optuna
+
+    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
+
+
+def _ask(study: Any, config: SweepConfig, out: Path) -> Any:
+    trial = study.ask({p.name: _distribution(p) for p in config.space})
+    trial.set_user_attr("dir", str(Path(TRIALS_DIR) / f"{trial.number:04d}"))
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    return trial
+
+
+def _stale_trials(study: Any, out: Path, grace_s: float = 900.0) -> list[Any]:
+    """RUNNING trials whose worker is gone: on this host a dead pid, elsewhere no checkpoint for ``grace_s``."""
+    import optuna
+
+    here = socket.gethostname()
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") == here:
+            if not _alive(int(t.user_attrs.get("pid", -1))):
+                stale.append(t)
+            continue
+        folder = out / t.user_attrs.get("dir", "")
+        newest = max((p.stat().st_mtime for p in folder.glob("*")), default=0.0)
+        if time.time() - newest > grace_s:
+            stale.append(t)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return pid == os.getpid()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run(
+    study: Any, runner: Any, scorer: _Scorer, config: SweepConfig, victim: Path, out: Path, batches: list[list[Any]]
+) -> None:
+    """Run batches of trials through the backend, score them and tell the study (once each).
+
+    Every trial runs with ``resume``: a trial reclaimed from a killed worker continues from its
+    checkpoint instead of starting again.
+    """
+    import optuna
+
+    jobs = [
+        ([config.trial_config(t.number, t.params) for t in b], [out / t.user_attrs["dir"] for t in b]) for b in batches
+    ]
+    results = runner.run(victim, jobs, resume=True)
+    trials = [t for b in batches for t in b]
+    outs = [o for _, job_outs in jobs for o in job_outs]
+    errors = [e for batch_errors in results for e in batch_errors]
+    for t, folder, error in zip(trials, outs, errors, strict=True):
+        if error is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(folder / ERROR_FILE, error + "\n")
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    good = [(t, o) for t, o, e in zip(trials, outs, errors, strict=True) if e is None]
+    for (t, _), value in zip(good, scorer.score([o for _, o in good]), strict=True):
+        study.tell(t.number, value, skip_if_finished=True)
+
+
+def _error(folder: Path) -> str | None:
+    path = folder / ERROR_FILE
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+class _Scorer:
+    """Scores finished trials by the sweep's objective: oracle-free agreement, or the oracle verdict."""
+
+    def __init__(self, victim: Path, out: Path, config: SweepConfig, *, data_root: Any, device: Any) -> None:
+        self.victim, self.out, self.config = victim, out, config
+        self.data_root, self.device = data_root, device
+
+    def _done_dirs(self) -> list[Path]:
+        return sorted(p.parent for p in (self.out / TRIALS_DIR).glob(f"*/{RECONSTRUCTION_FILE}"))
+
+    def score(self, dirs: list[Path]) -> list[float]:
+        if not dirs:
+            return []
+        if self.config.objective == "oracle":
+            return [float(self._oracle(d)) for d in dirs]
+        scores = self._oracle_free(self._done_dirs())
+        return [scores.get(d.resolve(), 0.0) for d in dirs]
+
+    def _oracle(self, rec_dir: Path) -> int:
+        from kktrecon.evaluation import evaluate
+
+        result = evaluate(rec_dir, data_root=self.data_root, device="cpu", figures=False, force=True)
+        return int(result.metrics.get("n_recovered") or 0)
+
+    def _oracle_free(self, dirs: list[Path]) -> dict[Path, float]:
+        from kktrecon.sweeps.pooling import pooled_features
+
+        pooled, features = pooled_features(self.victim, dirs, tau=self.config.tau)
+        from kktrecon.sweeps.selection import trial_scores
+
+        by_run = trial_scores(features)
+        return {pooled.rec_dirs[run].resolve(): value for run, value in by_run.items()}
+
+    def finalise(self, study: Any) -> list[dict[str, Any]]:
+        """One row per trial; oracle-free scores recomputed with every trial's candidates in view."""
+        final = self._oracle_free(self._done_dirs()) if self._done_dirs() else {}
+        rows = []
+        for t in study.get_trials(deepcopy=False):
+            folder = (self.out / t.user_attrs.get("dir", "")).resolve()
+            value = t.value if t.value is not None and math.isfinite(t.value) else None
+            rows.append({
+                "number": t.number, "state": t.state.name, "value": value, "params": t.params,
+                "dir": str(folder), "kkt_score_final": final.get(folder), "error": _error(folder),
+            })  # fmt: skip
+        return rows
