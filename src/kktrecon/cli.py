@@ -309,6 +309,119 @@ def report(
     out.print(f"report: {path}", highlight=False)
 
 
+def _duration(text: str | None) -> float | None:
+    """'20m', '1.5h', '900s' or '900' → seconds."""
+    if text is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise typer.BadParameter(f"Expected a duration like 20m, 1.5h or 900s. Got {text!r}.") from None
+    if not seconds > 0:
+        raise typer.BadParameter(f"Expected a positive duration. Got {text!r}.")
+    return seconds
+
+
+def _space(items: list[str]) -> dict[str, Any]:
+    """NAME=LOW:HIGH[:log] overrides of the search space."""
+    from kktrecon.sweeps import Parameter
+
+    space: dict[str, Any] = {}
+    for item in items:
+        name, _, spec = item.partition("=")
+        parts = spec.split(":")
+        try:
+            space[name] = Parameter(name, float(parts[0]), float(parts[1]), log=parts[2:] == ["log"])
+        except (IndexError, ValueError):
+            raise typer.BadParameter(f"Expected NAME=LOW:HIGH[:log], e.g. lr=1e-4:0.1:log. Got {item!r}.") from None
+    return space
+
+
+def _fixed(items: list[str]) -> dict[str, Any]:
+    """NAME=VALUE settings of the attack shared by every trial."""
+    fixed: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"Expected NAME=VALUE, e.g. lambda_min=0.3. Got {item!r}.")
+        fixed[name] = json.loads(value) if value[:1] in "-0123456789[{tfn" else value
+    return fixed
+
+
+@app.command()
+def sweep(
+    run_dir: Annotated[Path, typer.Argument(help="Victim run directory.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Sweep directory (study.db, trials/, pool/).")],
+    trials: Annotated[int, typer.Option(help="Total number of trials.")] = 24,
+    iterations: Annotated[int, typer.Option(help="Attack iterations per trial.")] = 6000,
+    batch: Annotated[int, typer.Option(help="Trials that advance together as one program (K).")] = 8,
+    sampler: Annotated[str, typer.Option(help="random (the reference's) or tpe.")] = "random",
+    objective: Annotated[
+        str, typer.Option(help="kkt: oracle-free (default); oracle: recovered training images, research only.")
+    ] = "kkt",
+    candidates: Annotated[int | None, typer.Option(help="Candidates per trial (default 2n).")] = None,
+    space: Annotated[
+        list[str] | None,
+        typer.Option("--space", help="Override a swept range: NAME=LOW:HIGH[:log] (repeatable)."),
+    ] = None,
+    fix: Annotated[
+        list[str] | None, typer.Option("--fix", help="Fix an attack setting for all trials: NAME=VALUE (repeatable).")
+    ] = None,
+    budget: Annotated[str | None, typer.Option(help="Wall-time budget, e.g. 20m: no new batch past it.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler and of the trials' candidates.")] = 0,
+    data_root: DataRoot = None,
+    backend: Annotated[str, typer.Option(help="local or ray (pip install 'kktrecon[cluster]').")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray instance).")] = None,
+    device: Device = "auto",
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Sweep the attack's hyperparameters on a victim; score trials without (or, for research, with) the training set.
+
+    Each trial is an ordinary reconstruction directory under OUT/trials/; the best trials are pooled
+    into OUT/pool (evaluate it with `kktrecon evaluate OUT`). A killed sweep continues with --resume.
+    """
+    from kktrecon.attack import ReconstructionConfig
+    from kktrecon.sweeps import OFFICIAL_SPACE, SweepConfig
+    from kktrecon.sweeps import sweep as run_sweep
+
+    with _errors():
+        overrides, fixed = _space(space or []), _fixed(fix or [])
+        swept = tuple(overrides.pop(p.name, p) for p in OFFICIAL_SPACE) + tuple(overrides.values())
+        swept = tuple(p for p in swept if p.name not in fixed)  # a fixed setting is not swept
+        attack = ReconstructionConfig(candidates=candidates, **fixed)
+        config = SweepConfig(
+            trials=trials, iterations=iterations, batch=batch, sampler=sampler, objective=objective, seed=seed,
+            space=swept, attack=attack,
+        )  # fmt: skip
+        result = run_sweep(run_dir, out_dir, config, data_root=data_root, backend=backend, address=address,
+                           budget_s=_duration(budget), device=device, resume=resume, force=force)  # fmt: skip
+    _print_sweep(result, objective)
+
+
+def _print_sweep(result: Any, objective: str) -> None:
+    from rich.table import Table
+
+    label = "oracle: n_recovered (research only)" if objective == "oracle" else "kkt score (oracle-free)"
+    table = Table(title=f"{len(result.rows)} trials in {result.seconds / 60:.1f} min · objective: {label}")
+    for column in ("trial", "state", "value", "final kkt score", "init_scale", "lr", "lambda_min", "alpha"):
+        table.add_column(column, justify="right")
+    for r in sorted(result.rows, key=lambda r: -(r["value"] or -1.0)):
+        p = r["params"]
+        table.add_row(
+            str(r["number"]), r["state"], _num(r["value"]), _num(r["kkt_score_final"]),
+            *(_num(p.get(k)) for k in ("init_scale", "lr", "lambda_min", "alpha")),
+        )  # fmt: skip
+    out.print(table)
+    out.print(f"pooled candidates: {result.out / 'pool'} (evaluate with `kktrecon evaluate {result.out}`)")
+
+
+def _num(value: Any) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Demo directory.")] = Path("kktrecon-demo"),
