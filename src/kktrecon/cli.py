@@ -404,14 +404,16 @@ def sweep(
 def _print_sweep(result: Any, objective: str) -> None:
     from rich.table import Table
 
-    label = "oracle: n_recovered (research only)" if objective == "oracle" else "kkt score (oracle-free)"
+    label = (
+        "oracle: n_recovered (research only)" if objective == "oracle" else "kkt: −stationarity residual (oracle-free)"
+    )
     table = Table(title=f"{len(result.rows)} trials in {result.seconds / 60:.1f} min · objective: {label}")
-    for column in ("trial", "state", "value", "final kkt score", "init_scale", "lr", "lambda_min", "alpha"):
+    for column in ("trial", "state", "value", "kkt score", "init_scale", "lr", "lambda_min", "alpha"):
         table.add_column(column, justify="right")
     for r in sorted(result.rows, key=lambda r: -(r["value"] or -1.0)):
         p = r["params"]
         table.add_row(
-            str(r["number"]), r["state"], _num(r["value"]), _num(r["kkt_score_final"]),
+            str(r["number"]), r["state"], _num(r["value"]), _num(r["kkt_score"]),
             *(_num(p.get(k)) for k in ("init_scale", "lr", "lambda_min", "alpha")),
         )  # fmt: skip
     out.print(table)
@@ -420,6 +422,52 @@ def _print_sweep(result: Any, objective: str) -> None:
 
 def _num(value: Any) -> str:
     return "—" if value is None else f"{value:.3g}"
+
+
+@app.command()
+def experiment(
+    name: Annotated[str | None, typer.Argument(help="Experiment name (see --list).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Experiment directory.")] = None,
+    scale: Annotated[
+        str, typer.Option(help="cpu (this machine, ≤ 45 min) or paper (the paper's setting; a GPU).")
+    ] = "cpu",
+    list_all: Annotated[
+        bool, typer.Option("--list", help="List the experiments and their time on this machine.")
+    ] = False,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Run one of the paper's experiments end to end: victims, attacks, verdicts, a table and the figures."""
+    from kktrecon.experiments import EXPERIMENTS
+    from kktrecon.experiments import experiment as run_experiment
+
+    if list_all or name is None:
+        from rich.table import Table
+
+        factor = _machine_factor()
+        table = Table(title="kktrecon experiments (estimated time at CPU scale on this machine)")
+        for column in ("name", "what", "cells", "CPU minutes"):
+            table.add_column(column)
+        for exp in EXPERIMENTS.values():
+            table.add_row(exp.name, exp.title, str(len(exp.cpu)), f"~{exp.cpu_minutes * factor:.0f}")
+        out.print(table)
+        return
+    with _errors():
+        if out_dir is None:
+            raise typer.BadParameter("Expected --out DIR for the experiment's results.")
+        result = run_experiment(name, out_dir, scale=scale, data_root=data_root, device=device, resume=resume,
+                                force=force)  # fmt: skip
+    out.print((result.out / "results.md").read_text(encoding="utf-8"), highlight=False)
+    out.print(f"{len(result.files)} files in {result.out} · {result.seconds / 60:.1f} min", highlight=False)
+
+
+def _machine_factor() -> float:
+    """This machine's attack speed relative to the development machine's (≈ 7.5 ms per trial-iteration)."""
+    from kktrecon.demo import probe_trial_iteration_ms
+
+    return max(0.25, probe_trial_iteration_ms() / 7.5)
 
 
 @app.command()

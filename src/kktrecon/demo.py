@@ -27,7 +27,7 @@ from kktrecon.reporting import headline, report
 from kktrecon.runs import atomic_write_json, config_to_dict, prepare_run_dir, read_json, resolve_dtype
 from kktrecon.training import TrainConfig, train
 
-__all__ = ["DemoConfig", "DemoResult", "demo"]
+__all__ = ["DemoConfig", "DemoResult", "demo", "probe_trial_iteration_ms"]
 
 DEMO_FILE = "demo.json"
 
@@ -135,6 +135,18 @@ def estimate_seconds(config: DemoConfig, *, probe_steps: int = 3) -> float:
         return min(times)  # the least disturbed step: other load on the machine comes and goes
 
     return config.victim.steps * timed(train_step) + config.attack.iterations * timed(attack_step)
+
+
+def probe_trial_iteration_ms(m: int = 40, k: int = 4, iterations: int = 3) -> float:
+    """Milliseconds per trial-iteration of the batched attack on a demo-sized victim, on this machine."""
+    from kktrecon.attack.batched import reconstruct_batch
+
+    model = build_model(ModelConfig())
+    configs = [ReconstructionConfig(seed=i, candidates=m, iterations=iterations, checkpoint_every=0) for i in range(k)]
+    reconstruct_batch(model, configs, device="cpu", progress=False)  # warm-up
+    start = time.perf_counter()
+    reconstruct_batch(model, configs, device="cpu", progress=False)
+    return 1000 * (time.perf_counter() - start) / (k * iterations)
 
 
 def demo(

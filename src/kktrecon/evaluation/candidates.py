@@ -25,18 +25,25 @@ class PooledCandidates:
     lam: Tensor
     y: Tensor
     provenance: Tensor
-    victim_run_dir: Path
+    victim_run_dir: Path | None
     rec_dirs: tuple[Path, ...]
     configs: tuple[dict[str, Any], ...]
 
 
-def _victim_path(rec_dir: Path, manifest: dict[str, Any]) -> Path:
+def _victim_of(rec_dir: Path, manifest: dict[str, Any]) -> tuple[str, Path | None]:
+    """The victim's identity (its weights' fingerprint, else its directory) and its directory, if any."""
     victim = manifest.get("victim")
     run_dir = victim.get("run_dir") if isinstance(victim, dict) else None
-    if not run_dir:
+    fingerprint = victim.get("fingerprint") if isinstance(victim, dict) else None
+    if not run_dir and not fingerprint:
         raise CheckpointError(
             f"Expected {rec_dir / RECONSTRUCTION_FILE} to name its victim under victim.run_dir. Got none."
         )
+    path = _victim_path(rec_dir, run_dir) if run_dir else None
+    return (fingerprint or str(path)), path
+
+
+def _victim_path(rec_dir: Path, run_dir: str) -> Path:
     path = Path(run_dir)
     # A relative path is taken from the working directory; failing that, from the reconstruction directory.
     if not path.is_absolute() and not path.exists() and (rec_dir / path).exists():
@@ -62,7 +69,7 @@ def load_candidates(rec_dirs: str | Path | Sequence[str | Path]) -> PooledCandid
     if not dirs:
         raise ConfigError("Expected `rec_dirs` to name at least one reconstruction directory. Got none.")
     xs, lams, ys, prov, configs = [], [], [], [], []
-    victims: list[Path] = []
+    victims: list[tuple[str, Path | None]] = []
     for run, rec_dir in enumerate(dirs):
         manifest = read_json(rec_dir / RECONSTRUCTION_FILE)
         path = rec_dir / CANDIDATES_FILE
@@ -86,14 +93,14 @@ def load_candidates(rec_dirs: str | Path | Sequence[str | Path]) -> PooledCandid
                 f"Cannot pool {rec_dir}: candidates of shape {tuple(x.shape[1:])}, but {dirs[0]} has "
                 f"{tuple(xs[0].shape[1:])}."
             )
-        victims.append(_victim_path(rec_dir, manifest))
+        victims.append(_victim_of(rec_dir, manifest))
         xs.append(x)
         lams.append(tensors["lam"].to(torch.float64))
         ys.append(tensors["y"].to(torch.float64))
         prov.append(torch.stack([torch.full((m,), run, dtype=torch.int64), torch.arange(m)], dim=1))
         configs.append(manifest)
-    if len(set(victims)) > 1:
-        listing = "; ".join(f"{d} -> {v}" for d, v in zip(dirs, victims, strict=True))
+    if len({identity for identity, _ in victims}) > 1:
+        listing = "; ".join(f"{d} -> {v[1] or v[0]}" for d, v in zip(dirs, victims, strict=True))
         raise VictimMismatchError(
             f"Cannot pool reconstructions of different victims; pass directories of one victim. Got {listing}."
         )
@@ -102,7 +109,7 @@ def load_candidates(rec_dirs: str | Path | Sequence[str | Path]) -> PooledCandid
         lam=torch.cat(lams),
         y=torch.cat(ys),
         provenance=torch.cat(prov),
-        victim_run_dir=victims[0],
+        victim_run_dir=next((path for _, path in victims if path is not None), None),
         rec_dirs=tuple(dirs),
         configs=tuple(configs),
     )

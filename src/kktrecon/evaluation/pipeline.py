@@ -23,7 +23,7 @@ from torch import Tensor
 from kktrecon.attack.objectives import get_objective
 from kktrecon.checks import check_int
 from kktrecon.data import Dataset
-from kktrecon.errors import ConfigError, RunDirectoryExistsError
+from kktrecon.errors import CheckpointError, ConfigError, RunDirectoryExistsError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.outputs import forward_chunked, normalised_margins, outputs_and_margins
 from kktrecon.evaluation.scores import Scores, image_metrics, score_candidates
@@ -524,6 +524,11 @@ def evaluate(
     if (target / METRICS_FILE).exists() and not force:
         raise RunDirectoryExistsError(
             f"{target} already holds an evaluation ({METRICS_FILE}); pass --force to replace it, or --out elsewhere."
+        )
+    if pooled.victim_run_dir is None:
+        raise CheckpointError(
+            f"{pooled.rec_dirs[0]} attacked a model held in memory, not a victim directory: evaluate it with "
+            "kktrecon.evaluate_candidates and the training images (kktrecon.audit does)."
         )
     victim = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
     ds = victim.dataset

@@ -43,6 +43,7 @@ __all__ = [
     "plot_attacker_view",
     "plot_loss_history",
     "plot_pairs",
+    "plot_panels",
     "plot_ssim_vs_output",
     "plot_toy",
     "save_figures",
@@ -215,6 +216,52 @@ def _minmax_np(x: np.ndarray) -> np.ndarray:
     flat = x.reshape(len(x), -1)
     lo, hi = flat.min(axis=1), flat.max(axis=1)
     return (x - lo[:, None, None, None]) / np.maximum(hi - lo, 1e-12)[:, None, None, None]
+
+
+def plot_panels(evaluations: list[Path], labels: list[str], *, title: str = "", per_row: int = 5) -> Figure:
+    """Fig. 4: one panel per evaluated victim, SSIM against the sample's normalised margin, shared axes.
+
+    Each panel reads an evaluation directory's ``per_sample.csv``: the aligned SSIM of each training
+    sample's best candidate against its margin divided by the smallest training margin (1: on the
+    margin), coloured by class; recovered samples are ringed. The paper's finding is visible as
+    recovered samples crowding at 1.
+
+    Args:
+        evaluations: the evaluation directories, one per panel.
+        labels: a title per panel.
+        title: the figure's title.
+        per_row: panels per row.
+    """
+    import csv as csv_module
+
+    if not evaluations or len(labels) != len(evaluations):
+        raise ConfigError(f"Expected one label per evaluation. Got {len(evaluations)} and {len(labels)}.")
+    cols = min(per_row, len(evaluations))
+    rows_n = math.ceil(len(evaluations) / cols)
+    fig = _figure(2.9 * cols, 2.6 * rows_n + 0.4)
+    axes = fig.subplots(rows_n, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, folder, label in zip(axes, evaluations, labels, strict=False):
+        with (Path(folder) / "per_sample.csv").open(newline="", encoding="utf-8") as fh:
+            table = list(csv_module.DictReader(fh))
+        margin = np.array([float(r["normalized_margin"]) for r in table])
+        ssim = np.array([float(r["ssim_aligned"]) for r in table])
+        klass = np.array([int(float(r["label"])) for r in table])
+        hit = np.array([r.get("recovered") == "1" for r in table])
+        for k in np.unique(klass):
+            mask = klass == k
+            ax.scatter(margin[mask], ssim[mask], s=12, color=_class_colour(int(k)), alpha=0.8, linewidths=0)
+        ax.scatter(margin[hit], ssim[hit], s=40, facecolors="none", edgecolors="k", lw=0.9)
+        ax.axhline(0.4, color="0.3", ls="--", lw=0.8)
+        ax.set_title(f"{label}: {int(hit.sum())} of {len(hit)} recovered", fontsize=_FONT)
+        ax.tick_params(labelsize=_FONT - 1)
+        ax.grid(alpha=0.25)
+    for ax in axes[len(evaluations) :]:
+        ax.set_axis_off()
+    fig.supxlabel("margin yᵢΦ(xᵢ) / smallest training margin (1 = on the margin)", fontsize=_FONT)
+    fig.supylabel("aligned SSIM of the best candidate", fontsize=_FONT)
+    if title:
+        fig.suptitle(f"{title} · ringed: recovered · dashed: SSIM 0.4", fontsize=_FONT + 1)
+    return fig
 
 
 def plot_ssim_vs_output(result: EvaluationResult) -> Figure:

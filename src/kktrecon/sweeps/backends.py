@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from kktrecon.attack.batched import reconstruct_batch
 from kktrecon.attack.engine import ReconstructionConfig
 from kktrecon.errors import ConfigError, MissingDependencyError
@@ -21,12 +23,19 @@ __all__ = ["BACKENDS", "LocalBackend", "RayBackend", "get_backend", "run_batch"]
 
 
 def run_batch(
-    victim: str, configs: Sequence[dict[str, Any]], outs: Sequence[str], *, device: str, resume: bool, progress: bool
+    victim: str | nn.Module,
+    configs: Sequence[dict[str, Any]],
+    outs: Sequence[str],
+    *,
+    device: str,
+    resume: bool,
+    progress: bool,
+    input_shape: tuple[int, ...] | None = None,
 ) -> list[str | None]:
     """Run one batch of trials (plain data in and out, so that it can travel to a Ray worker)."""
     outcome = reconstruct_batch(
         victim, [config_from_dict(ReconstructionConfig, c) for c in configs], outs=list(outs), device=device,
-        resume=resume, progress=progress,
+        resume=resume, progress=progress, input_shape=input_shape,
     )  # fmt: skip
     return list(outcome.errors)
 
@@ -42,15 +51,18 @@ class LocalBackend:
     def __init__(self, *, device: str, progress: bool, **_: Any) -> None:
         self.device, self.progress = device, progress
 
-    def run(self, victim: Path, batches: list[Batch], *, resume: bool) -> list[list[str | None]]:
+    def run(
+        self, victim: str | nn.Module, batches: list[Batch], *, resume: bool, input_shape: tuple[int, ...]
+    ) -> list[list[str | None]]:
         return [
             run_batch(
-                str(victim),
+                victim,
                 [config_to_dict(c) for c in configs],
                 [str(o) for o in outs],
                 device=self.device,
                 resume=resume,
                 progress=self.progress,
+                input_shape=input_shape,
             )
             for configs, outs in batches
         ]
@@ -76,10 +88,16 @@ class RayBackend:
         self.slots = max(1, int(resources.get("GPU" if gpu else "CPU", 1)))
         self.device = device
 
-    def run(self, victim: Path, batches: list[Batch], *, resume: bool) -> list[list[str | None]]:
+    def run(
+        self, victim: str | nn.Module, batches: list[Batch], *, resume: bool, input_shape: tuple[int, ...]
+    ) -> list[list[str | None]]:
+        if not isinstance(victim, str):
+            raise ConfigError(
+                "The Ray backend attacks victim directories; save the model as one, or use --backend local."
+            )
         refs = [
             self.task.remote(
-                str(victim.resolve()),
+                victim,
                 [config_to_dict(c) for c in configs],
                 [str(o.resolve()) for o in outs],
                 device=self.device,

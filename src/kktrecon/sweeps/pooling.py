@@ -9,17 +9,17 @@ evaluation scores it against the training set (the oracle verdict) beside the at
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save as st_save
 
 from kktrecon.attack.objectives import default_objective, get_objective
+from kktrecon.errors import ConfigError
 from kktrecon.evaluation.candidates import PooledCandidates, load_candidates
-from kktrecon.models import load_checkpoint
 from kktrecon.runs import (
     CANDIDATES_FILE,
     POOL_DIR,
@@ -30,35 +30,28 @@ from kktrecon.runs import (
     read_json,
 )
 from kktrecon.sweeps.selection import Features, candidate_features, dedupe, rank
+from kktrecon.sweeps.study import RESULTS_FILE, SWEEP_FILE, SweepVictim, load_sweep_config
 
 __all__ = ["POOL_DIR", "SweepPool", "pool_sweep", "pooled_features", "write_pool"]
 
 SCORE_TEXT = (
-    "oracle-free: the number of other trials that found a candidate within the NCC distance tau, "
-    "+ 0.5 when the victim's margin on it is positive, + under 0.5 by its multiplier |λ|"
+    "oracle-free: the victim's margin yΦ(x) on the candidate with its attack label (ties: how many other trials "
+    "found it), among the trials with the lowest stationarity residual"
 )
 
 
-def pooled_features(victim: str | Path, rec_dirs: Sequence[Path], *, tau: float) -> tuple[PooledCandidates, Features]:
+def pooled_features(victim: SweepVictim, rec_dirs: Sequence[Path], *, tau: float) -> tuple[PooledCandidates, Features]:
     """The candidates of ``rec_dirs`` pooled, with their oracle-free features."""
     pooled = load_candidates(list(rec_dirs))
-    model, manifest = load_checkpoint(victim, dtype=torch.float64)
-    model.eval()
+    model = copy.deepcopy(victim.model).to(torch.float64).eval()
     with torch.no_grad():
         outputs = model(pooled.x[:1]).shape[1]
-    objective = get_objective(manifest.get("objective") or default_objective(outputs).name)
-    downsample = _downsample(manifest)
+    name = victim.objective or pooled.configs[0].get("objective") or default_objective(outputs).name
     features = candidate_features(
-        model, objective, pooled.x, pooled.lam, pooled.y, pooled.provenance[:, 0], tau=tau, downsample=downsample
-    )
+        model, get_objective(name), pooled.x, pooled.lam, pooled.y, pooled.provenance[:, 0], tau=tau,
+        downsample=victim.downsample,
+    )  # fmt: skip
     return pooled, features
-
-
-def _downsample(manifest: dict[str, Any]) -> int:
-    from kktrecon.data import DATASETS  # the matching resolution of the victim's data set (no data is read)
-
-    name = (manifest.get("data") or {}).get("dataset")
-    return int(DATASETS[name].match_downsample) if name in DATASETS else 1
 
 
 @dataclass(frozen=True)
@@ -71,30 +64,35 @@ class SweepPool:
     provenance: torch.Tensor  # (run, index) into ``rec_dirs``
     features: Features
     rec_dirs: tuple[Path, ...]
-    victim: Path
+    victim: Path | None
 
 
-def pool_sweep(sweep_dir: str | Path, *, top: int = 8) -> SweepPool:
-    """Pool the ``top`` trials of a sweep by its objective (see the module docstring)."""
-    from kktrecon.sweeps.study import RESULTS_FILE, SWEEP_FILE, load_sweep_config
+def pool_sweep(sweep_dir: str | Path, victim: SweepVictim | None = None, *, top: int = 8) -> SweepPool:
+    """Pool the ``top`` trials of a sweep by its objective (see the module docstring).
+
+    ``victim``: the sweep's victim; read from ``sweep.json`` when it is a run directory.
+    """
 
     sweep_dir = Path(sweep_dir)
     config = load_sweep_config(sweep_dir)
     rows = read_json(sweep_dir / RESULTS_FILE)["trials"]
     done = [r for r in rows if r["state"] == "COMPLETE"]
-    key = "value" if config.objective == "oracle" else "kkt_score_final"
+    key = "value" if config.objective == "oracle" else "kkt_score"
     best = sorted(done, key=lambda r: r.get(key) or 0.0, reverse=True)[:top]
-    victim = Path(read_json(sweep_dir / SWEEP_FILE)["victim"])
+    if victim is None:
+        recorded = read_json(sweep_dir / SWEEP_FILE).get("victim")
+        if not recorded:
+            raise ConfigError(f"{sweep_dir} swept a model held in memory: pass it as `victim` to pool the sweep.")
+        victim = SweepVictim.of(recorded)
     pooled, features = pooled_features(victim, [Path(r["dir"]) for r in best], tau=config.tau)
-    order = rank(features)
-    keep = dedupe(pooled.x, order, tau=config.tau, downsample=_downsample(read_json(victim / "model.json")))
+    keep = dedupe(pooled.x, rank(features), tau=config.tau, downsample=victim.downsample)
     pick = lambda t: t[keep]  # noqa: E731
     kept = Features(*(pick(getattr(features, f)) for f in ("trial", "support", "margin", "weight", "score")))
     return SweepPool(pick(pooled.x), pick(pooled.lam), pick(pooled.y), pick(pooled.provenance), kept,
-                     pooled.rec_dirs, victim)  # fmt: skip
+                     pooled.rec_dirs, victim.path)  # fmt: skip
 
 
-def write_pool(sweep_dir: str | Path, *, top: int = 8) -> Path:
+def write_pool(sweep_dir: str | Path, victim: SweepVictim | None = None, *, top: int = 8) -> Path:
     """Write the pooled candidates of a sweep as a reconstruction directory ``SWEEP_DIR/pool``.
 
     It holds ``candidates.safetensors`` (best first), ``reconstruction.json`` (its victim and source
@@ -102,7 +100,7 @@ def write_pool(sweep_dir: str | Path, *, top: int = 8) -> Path:
     SWEEP_DIR`` scores it like any reconstruction and shows the attacker's ranking beside the verdict.
     """
     sweep_dir = Path(sweep_dir)
-    pool = pool_sweep(sweep_dir, top=top)
+    pool = pool_sweep(sweep_dir, victim, top=top)
     out = sweep_dir / POOL_DIR
     tensors = {"x": pool.x, "lam": pool.lam, "y": pool.y}
     atomic_write_bytes(out / CANDIDATES_FILE, st_save({k: v.contiguous().cpu() for k, v in tensors.items()}))
@@ -121,8 +119,13 @@ def write_pool(sweep_dir: str | Path, *, top: int = 8) -> Path:
     ]
     atomic_write_json(out / RANKING_FILE, {"criterion": SCORE_TEXT, "candidates": ranking})
     atomic_write_json(out / RECONSTRUCTION_FILE, {
-        "format": "kktrecon.pool/1", "victim": {"run_dir": str(pool.victim)}, "candidates": len(ranking),
+        "format": "kktrecon.pool/1", "candidates": len(ranking),
+        "victim": {"run_dir": str(pool.victim) if pool.victim else None, "fingerprint": _fingerprint(pool.rec_dirs)},
         "sources": [str(d) for d in pool.rec_dirs], "selection": SCORE_TEXT, "config": {"top_trials": top},
         "loss_history": [],
     })  # fmt: skip
     return out
+
+
+def _fingerprint(rec_dirs: tuple[Path, ...]) -> str | None:
+    return (read_json(rec_dirs[0] / RECONSTRUCTION_FILE).get("victim") or {}).get("fingerprint")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from kktrecon.attack.engine import ReconstructionConfig
 from kktrecon.checks import check_int, check_number
@@ -43,8 +44,18 @@ from kktrecon.runs import (
     read_json,
     register_nested,
 )
+from kktrecon.sweeps.selection import trial_score
 
-__all__ = ["OFFICIAL_SPACE", "SAMPLERS", "SWEEP_FILE", "Parameter", "SweepConfig", "SweepResult", "sweep"]
+__all__ = [
+    "OFFICIAL_SPACE",
+    "SAMPLERS",
+    "SWEEP_FILE",
+    "Parameter",
+    "SweepConfig",
+    "SweepResult",
+    "SweepVictim",
+    "sweep",
+]
 
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "study.db"
@@ -168,11 +179,42 @@ class SweepResult:
         return max(done, key=lambda r: r["value"]) if done else None
 
 
+@dataclass(frozen=True)
+class SweepVictim:
+    """The victim of a sweep: a run directory, or a model held in memory (an audit's)."""
+
+    path: Path | None
+    model: nn.Module
+    fingerprint: str
+    input_shape: tuple[int, ...]
+    objective: str | None
+    downsample: int = 1
+
+    @classmethod
+    def of(cls, victim: str | Path | nn.Module, input_shape: tuple[int, ...] | None = None) -> SweepVictim:
+        if isinstance(victim, nn.Module):
+            shape = input_shape or getattr(getattr(victim, "config", None), "input_shape", None)
+            if shape is None:
+                raise ConfigError("Expected `input_shape` for a victim model that does not carry its config. Got None.")
+            # Images of 32 px or more are matched at half resolution, as the reference does for CIFAR-10.
+            downsample = 2 if len(shape) == 3 and min(shape[1:]) >= 32 else 1
+            return cls(None, victim, weights_fingerprint(victim), tuple(shape), None, downsample)
+        model, manifest = load_checkpoint(victim)
+        return cls(Path(victim), model, weights_fingerprint(model), tuple(model.config.input_shape),
+                   manifest.get("objective"), _downsample(manifest))  # fmt: skip
+
+    @property
+    def target(self) -> str | nn.Module:
+        """What a backend hands to the attack: the directory when there is one, else the model."""
+        return str(self.path.resolve()) if self.path is not None else self.model
+
+
 def sweep(
-    victim: str | Path,
+    victim: str | Path | nn.Module,
     out: str | Path,
     config: SweepConfig | None = None,
     *,
+    input_shape: tuple[int, ...] | None = None,
     data_root: str | Path | None = None,
     backend: str = "local",
     address: str | None = None,
@@ -187,7 +229,8 @@ def sweep(
     """Run (or continue) a sweep of the attack on a victim; every trial is a reconstruction directory.
 
     Args:
-        victim: a victim run directory.
+        victim: a victim run directory, or a model in memory (then ``input_shape`` unless it carries
+            its config, ``attack.candidates`` set, the local backend and the ``kkt`` objective).
         out: the sweep directory.
         config: the sweep; keyword ``overrides`` replace its fields (``sweep(v, d, trials=8)``).
         data_root: where the training data is, for the ``oracle`` objective only.
@@ -211,18 +254,21 @@ def sweep(
     optuna = _optuna()
     from kktrecon.sweeps.backends import get_backend
 
+    target = SweepVictim.of(victim, input_shape)
+    if target.path is None and (config.objective == "oracle" or config.attack.candidates is None):
+        raise ConfigError("Expected the kkt objective and `attack.candidates` for a victim model held in memory.")
     runner = get_backend(backend, address=address, device=str(device), progress=progress)
-    out = _open_sweep(Path(victim), Path(out), config, resume=resume, force=force)
+    out = _open_sweep(target, Path(out), config, resume=resume, force=force)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
     study = optuna.create_study(
         study_name="kktrecon", storage=storage, direction="maximize", sampler=SAMPLERS[config.sampler](config.seed),
         load_if_exists=True,
     )  # fmt: skip
-    scorer = _Scorer(Path(victim), out, config, data_root=data_root, device=device)
+    scorer = _Scorer(out, config, data_root=data_root, device=device)
     start = time.perf_counter()
     stale = _stale_trials(study, out)
     for i in range(0, len(stale), config.batch):
-        _run(study, runner, scorer, config, Path(victim), out, [stale[i : i + config.batch]])
+        _run(study, runner, scorer, config, target, out, [stale[i : i + config.batch]])
     round_seconds: list[float] = []
     while (remaining := config.trials - _counted(study)) > 0:
         if budget_s is not None and round_seconds and time.perf_counter() - start + max(round_seconds) > budget_s:
@@ -233,15 +279,22 @@ def sweep(
             if size > 0:
                 batches.append([_ask(study, config, out) for _ in range(size)])
         t0 = time.perf_counter()
-        _run(study, runner, scorer, config, Path(victim), out, batches)
+        _run(study, runner, scorer, config, target, out, batches)
         round_seconds.append(time.perf_counter() - t0)
     rows = scorer.finalise(study)
     atomic_write_json(out / RESULTS_FILE, {"objective": config.objective, "trials": rows})
     if any(r["state"] == "COMPLETE" for r in rows):
         from kktrecon.sweeps.pooling import write_pool
 
-        write_pool(out, top=pool_top)
+        write_pool(out, target, top=pool_top)
     return SweepResult(out=out, rows=rows, seconds=time.perf_counter() - start)
+
+
+def _downsample(manifest: dict[str, Any]) -> int:
+    from kktrecon.data import DATASETS  # the matching resolution of the victim's data set (no data is read)
+
+    name = (manifest.get("data") or {}).get("dataset")
+    return int(DATASETS[name].match_downsample) if name in DATASETS else 1
 
 
 def _optuna() -> Any:
@@ -253,15 +306,15 @@ def _optuna() -> Any:
     return optuna
 
 
-def _open_sweep(victim: Path, out: Path, config: SweepConfig, *, resume: bool, force: bool) -> Path:
+def _open_sweep(victim: SweepVictim, out: Path, config: SweepConfig, *, resume: bool, force: bool) -> Path:
     """Create or reopen a sweep directory, refusing a foreign sweep or one started with other settings."""
     if force and resume:
         raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
-    model, _ = load_checkpoint(victim)
     record = {
         "format": "kktrecon.sweep/1",
-        "victim": str(victim.resolve()),
-        "fingerprint": weights_fingerprint(model),
+        "victim": str(victim.path.resolve()) if victim.path is not None else None,
+        "fingerprint": victim.fingerprint,
+        "input_shape": list(victim.input_shape),
         "config": config_to_dict(config),
         "versions": package_versions(),
     }
@@ -341,7 +394,13 @@ def _alive(pid: int) -> bool:
 
 
 def _run(
-    study: Any, runner: Any, scorer: _Scorer, config: SweepConfig, victim: Path, out: Path, batches: list[list[Any]]
+    study: Any,
+    runner: Any,
+    scorer: _Scorer,
+    config: SweepConfig,
+    victim: SweepVictim,
+    out: Path,
+    batches: list[list[Any]],
 ) -> None:
     """Run batches of trials through the backend, score them and tell the study (once each).
 
@@ -353,7 +412,7 @@ def _run(
     jobs = [
         ([config.trial_config(t.number, t.params) for t in b], [out / t.user_attrs["dir"] for t in b]) for b in batches
     ]
-    results = runner.run(victim, jobs, resume=True)
+    results = runner.run(victim.target, jobs, resume=True, input_shape=victim.input_shape)
     trials = [t for b in batches for t in b]
     outs = [o for _, job_outs in jobs for o in job_outs]
     errors = [e for batch_errors in results for e in batch_errors]
@@ -375,20 +434,14 @@ def _error(folder: Path) -> str | None:
 class _Scorer:
     """Scores finished trials by the sweep's objective: oracle-free agreement, or the oracle verdict."""
 
-    def __init__(self, victim: Path, out: Path, config: SweepConfig, *, data_root: Any, device: Any) -> None:
-        self.victim, self.out, self.config = victim, out, config
+    def __init__(self, out: Path, config: SweepConfig, *, data_root: Any, device: Any) -> None:
+        self.out, self.config = out, config
         self.data_root, self.device = data_root, device
 
-    def _done_dirs(self) -> list[Path]:
-        return sorted(p.parent for p in (self.out / TRIALS_DIR).glob(f"*/{RECONSTRUCTION_FILE}"))
-
     def score(self, dirs: list[Path]) -> list[float]:
-        if not dirs:
-            return []
         if self.config.objective == "oracle":
             return [float(self._oracle(d)) for d in dirs]
-        scores = self._oracle_free(self._done_dirs())
-        return [scores.get(d.resolve(), 0.0) for d in dirs]
+        return [trial_score(read_json(d / RECONSTRUCTION_FILE)) for d in dirs]
 
     def _oracle(self, rec_dir: Path) -> int:
         from kktrecon.evaluation import evaluate
@@ -396,24 +449,16 @@ class _Scorer:
         result = evaluate(rec_dir, data_root=self.data_root, device="cpu", figures=False, force=True)
         return int(result.metrics.get("n_recovered") or 0)
 
-    def _oracle_free(self, dirs: list[Path]) -> dict[Path, float]:
-        from kktrecon.sweeps.pooling import pooled_features
-
-        pooled, features = pooled_features(self.victim, dirs, tau=self.config.tau)
-        from kktrecon.sweeps.selection import trial_scores
-
-        by_run = trial_scores(features)
-        return {pooled.rec_dirs[run].resolve(): value for run, value in by_run.items()}
-
     def finalise(self, study: Any) -> list[dict[str, Any]]:
-        """One row per trial; oracle-free scores recomputed with every trial's candidates in view."""
-        final = self._oracle_free(self._done_dirs()) if self._done_dirs() else {}
+        """One row per trial: its value by the sweep's objective and its oracle-free score."""
         rows = []
         for t in study.get_trials(deepcopy=False):
             folder = (self.out / t.user_attrs.get("dir", "")).resolve()
             value = t.value if t.value is not None and math.isfinite(t.value) else None
+            manifest = folder / RECONSTRUCTION_FILE
+            kkt = trial_score(read_json(manifest)) if manifest.is_file() else None
             rows.append({
-                "number": t.number, "state": t.state.name, "value": value, "params": t.params,
-                "dir": str(folder), "kkt_score_final": final.get(folder), "error": _error(folder),
+                "number": t.number, "state": t.state.name, "value": value, "params": t.params, "dir": str(folder),
+                "kkt_score": kkt if kkt is not None and math.isfinite(kkt) else None, "error": _error(folder),
             })  # fmt: skip
         return rows

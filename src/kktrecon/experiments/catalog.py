@@ -1,0 +1,303 @@
+"""The catalogue: the paper's figures and the follow-up's findings, declared as grids of cells.
+
+Haim, Vardi, Yehudai, Shamir & Irani (NeurIPS 2022): Fig. 2 (the 2-D toy), Fig. 3 (reconstructions
+of MNIST and CIFAR-10 n = 500 victims), Fig. 4 top (n ∈ {50, …, 500}) and bottom (architectures).
+Buzaglo, Haim et al. (NeurIPS 2023): weight decay and multiclass victims leak more; CNN and
+regression victims leak too. ``paper`` cells are the papers' settings (a GPU and hours of training);
+``cpu`` cells shrink n and the budget so that each experiment runs on a 2-core CPU in ≤ 45 min and
+still tests the qualitative finding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.data import DataConfig
+from kktrecon.errors import ConfigError
+from kktrecon.experiments.grid import Cell, Experiment
+from kktrecon.registry import Registry
+from kktrecon.training import TrainConfig
+
+__all__ = ["EXPERIMENTS", "WINNERS"]
+
+#: The reference sweep's released winners (init_scale, lr, λ_min, α), by data set.
+WINNERS: dict[str, tuple[tuple[float, float, float, float], ...]] = {
+    "mnist": ((0.035, 0.0305, 0.447, 150.0), (0.00174, 0.282, 0.415, 19.2)),
+    "cifar10": ((8.9e-4, 0.555, 0.498, 19.1), (4.5e-3, 0.346, 0.494, 21.7)),
+}
+
+
+def winner(dataset: str, which: int = 1, **fields: object) -> ReconstructionConfig:
+    """A released winner (1 or 2) as an attack config, with ``fields`` replaced."""
+    init_scale, lr, lambda_min, alpha = WINNERS[dataset][which - 1]
+    base = ReconstructionConfig(init_scale=init_scale, lr=lr, lambda_min=lambda_min, alpha=alpha)
+    return dataclasses.replace(base, **fields)
+
+
+def victim(dataset: str = "mnist", task: str = "odd-even", per_class: int = 10, **fields: object) -> TrainConfig:
+    """The reference recipe (full-batch GD at lr 0.01, first-layer bias, d-1000-1000-K) on ``per_class`` images."""
+    test = {"mnist": 20, "cifar10": 100}.get(dataset, 20)
+    base = TrainConfig(
+        data=DataConfig(dataset=dataset, task=task, n_per_class=per_class, test_per_class=test),
+        steps=10_000,
+        checkpoint_every=2_000,
+        eval_every=1_000,
+    )
+    return dataclasses.replace(base, **fields)
+
+
+def paper_victim(dataset: str = "mnist", task: str = "odd-even", per_class: int = 250, **fields: object) -> TrainConfig:
+    """The paper's victim: 10⁶ full-batch steps in float64, 500 test images per class."""
+    base = TrainConfig(
+        data=DataConfig(dataset=dataset, task=task, n_per_class=per_class, test_per_class=500),
+        steps=1_000_000,
+        dtype="float64",
+        checkpoint_every=20_000,
+        eval_every=10_000,
+    )
+    return dataclasses.replace(base, **fields)
+
+
+_CPU_ATTACK = dict(iterations=4_000, checkpoint_every=1_000, log_every=100)
+_PAPER_ATTACK = dict(iterations=50_000, checkpoint_every=5_000, log_every=500, dtype="float64")
+
+_TOY_VICTIM = TrainConfig(
+    data=DataConfig(dataset="toy", task="grid", n_per_class=10),
+    hidden=(1000, 1000, 1000),
+    lr=0.3,
+    steps=3_000,
+    eval_every=500,
+    checkpoint_every=0,
+)
+_TOY_ATTACK = ReconstructionConfig(
+    candidates=100,
+    iterations=800,
+    init_scale=0.3,
+    lr=3e-4,
+    lambda_lr=1e-3,
+    prior_weight=0.0,
+    checkpoint_every=200,
+    log_every=20,
+)
+
+_N_CPU = (5, 10, 20, 40)
+_N_PAPER = (25, 50, 100, 150, 250)
+_ARCHS = (
+    ("one hidden layer", (1000,), "first"),
+    ("1000-1000", (1000, 1000), "first"),
+    ("1000-1000-1000", (1000, 1000, 1000), "first"),
+    ("biases in all layers", (1000, 1000), "all"),
+)
+_DECAY = (0.0, 1e-3, 1e-2)
+
+EXPERIMENTS: Registry[Experiment] = Registry("experiment", ConfigError)
+for _exp in (
+    Experiment(
+        name="toy",
+        title="Fig. 2: the 2-D toy",
+        finding="The candidates land on the training points that lie on the margin; points off the margin are not "
+        "found.",
+        figure="toy",
+        cpu=(Cell("grid", _TOY_VICTIM, _TOY_ATTACK, restarts=4, label="4×5 grid, 2-1000-1000-1000-1"),),
+        paper=(Cell("grid", _TOY_VICTIM, _TOY_ATTACK, restarts=4, label="4×5 grid, 2-1000-1000-1000-1"),),
+        cpu_minutes=1.0,
+    ),
+    Experiment(
+        name="fig3-mnist",
+        title="Fig. 3: reconstructions of an MNIST odd/even victim",
+        finding="Many training images are read back from the weights, most of them recognisably.",
+        figure="pairs",
+        cpu=(Cell("n50", victim(per_class=25), winner("mnist", 2, **_CPU_ATTACK), restarts=4, label="n = 50"),),
+        paper=(Cell("n500", paper_victim(), winner("mnist", 2, **_PAPER_ATTACK), label="n = 500"),),
+        cpu_minutes=8.0,
+    ),
+    Experiment(
+        name="fig3-cifar",
+        title="Fig. 3: reconstructions of a CIFAR-10 vehicles/animals victim",
+        finding="Training images are read back from a CIFAR-10 victim too, fewer and blurrier than on MNIST.",
+        figure="pairs",
+        cpu=(
+            Cell(
+                "n20",
+                victim("cifar10", "vehicles-animals"),
+                winner("cifar10", 1, **_CPU_ATTACK),
+                restarts=4,
+                label="n = 20",
+            ),
+        ),
+        paper=(
+            Cell(
+                "n500",
+                paper_victim("cifar10", "vehicles-animals"),
+                winner("cifar10", 1, **_PAPER_ATTACK),
+                label="n = 500",
+            ),
+        ),
+        cpu_minutes=12.0,
+    ),
+    Experiment(
+        name="fig4-n",
+        title="Fig. 4 (top): the effect of the training-set size n",
+        finding="The smaller the training set, the larger the fraction of it that is recovered; margin samples first.",
+        figure="panels",
+        cpu=tuple(
+            Cell(
+                f"n{2 * k}",
+                victim(per_class=k),
+                winner("mnist", 2, **_CPU_ATTACK),
+                restarts=2,
+                group="n",
+                label=f"n = {2 * k}",
+            )
+            for k in _N_CPU
+        ),
+        paper=tuple(
+            Cell(
+                f"n{2 * k}",
+                paper_victim(per_class=k),
+                winner("mnist", 2, **_PAPER_ATTACK),
+                group="n",
+                label=f"n = {2 * k}",
+            )
+            for k in _N_PAPER
+        ),
+        cpu_minutes=12.0,
+    ),
+    Experiment(
+        name="fig4-arch",
+        title="Fig. 4 (bottom): architectures",
+        finding="Depth and width change how much leaks; biases in all layers (not homogeneous) reduce but do not "
+        "prevent recovery.",
+        figure="panels",
+        cpu=tuple(
+            Cell(
+                label.replace(" ", "-"),
+                victim(hidden=hidden, bias=bias),
+                winner("mnist", 2, **_CPU_ATTACK),
+                restarts=2,
+                group="arch",
+                label=label,
+            )
+            for label, hidden, bias in _ARCHS
+        ),
+        paper=tuple(
+            Cell(
+                label.replace(" ", "-"),
+                paper_victim(hidden=hidden, bias=bias),
+                winner("mnist", 2, **_PAPER_ATTACK),
+                group="arch",
+                label=label,
+            )
+            for label, hidden, bias in _ARCHS
+        ),
+        cpu_minutes=12.0,
+    ),
+    Experiment(
+        name="weight-decay",
+        title="Weight decay (Buzaglo et al. 2023)",
+        finding="Training with weight decay increases how many training images are recovered, and how well.",
+        figure="panels",
+        cpu=tuple(
+            Cell(
+                f"wd{wd:g}",
+                victim(weight_decay=wd),
+                winner("mnist", 2, **_CPU_ATTACK),
+                restarts=2,
+                group="wd",
+                label=f"weight decay {wd:g}",
+            )
+            for wd in _DECAY
+        ),
+        paper=tuple(
+            Cell(
+                f"wd{wd:g}",
+                paper_victim(weight_decay=wd),
+                winner("mnist", 2, **_PAPER_ATTACK),
+                group="wd",
+                label=f"weight decay {wd:g}",
+            )
+            for wd in _DECAY
+        ),
+        cpu_minutes=10.0,
+    ),
+    Experiment(
+        name="multiclass",
+        title="Multiclass victims (Buzaglo et al. 2023)",
+        finding="Multiclass victims leak more than binary ones: more recovered per class of training data.",
+        figure="panels",
+        cpu=(
+            Cell("binary-n20", victim(), winner("mnist", 2, **_CPU_ATTACK), restarts=2, label="MNIST odd/even, n = 20"),
+            Cell(
+                "digits-2",
+                victim(task="digits", per_class=2),
+                winner("mnist", 2, **_CPU_ATTACK),
+                restarts=2,
+                label="MNIST 10 digits, 2 per class",
+            ),
+            Cell(
+                "digits-5",
+                victim(task="digits", per_class=5),
+                winner("mnist", 2, **_CPU_ATTACK),
+                restarts=2,
+                label="MNIST 10 digits, 5 per class",
+            ),
+            Cell(
+                "cifar-2",
+                victim("cifar10", "classes", per_class=2),
+                winner("cifar10", 1, **_CPU_ATTACK),
+                restarts=2,
+                label="CIFAR-10 classes, 2 per class",
+            ),
+        ),
+        paper=(
+            Cell("binary", paper_victim(), winner("mnist", 2, **_PAPER_ATTACK), label="MNIST odd/even, n = 500"),
+            Cell(
+                "digits",
+                paper_victim(task="digits", per_class=50),
+                winner("mnist", 2, **_PAPER_ATTACK),
+                label="MNIST 10 digits, 50 per class",
+            ),
+        ),
+        cpu_minutes=12.0,
+    ),
+    Experiment(
+        name="victims",
+        title="CNN and regression victims (Buzaglo et al. 2023)",
+        finding="The attack reads training images out of CNNs and regression networks too.",
+        figure="panels",
+        cpu=(
+            Cell("mlp", victim(), winner("mnist", 2, **_CPU_ATTACK), restarts=2, label="MLP, odd/even"),
+            Cell(
+                "cnn",
+                victim(model="cnn", hidden=(), init_scale=1e-2, lr=0.05),
+                winner("mnist", 2, **_CPU_ATTACK),
+                restarts=2,
+                label="CNN, odd/even",
+            ),
+            Cell(
+                "regression",
+                victim(task="digit-value", per_class=2),
+                winner("mnist", 2, **_CPU_ATTACK),
+                restarts=2,
+                label="MLP, regress the digit",
+            ),
+        ),
+        paper=(
+            Cell(
+                "cnn",
+                paper_victim(model="cnn", hidden=(), init_scale=1e-2),
+                winner("mnist", 2, **_PAPER_ATTACK),
+                label="CNN, odd/even, n = 500",
+            ),
+            Cell(
+                "regression",
+                paper_victim(task="digit-value", per_class=50),
+                winner("mnist", 2, **_PAPER_ATTACK),
+                label="MLP, regress the digit, n = 500",
+            ),
+        ),
+        cpu_minutes=10.0,
+    ),
+):
+    EXPERIMENTS.register(_exp.name, _exp)

@@ -1,0 +1,84 @@
+"""What an experiment is: a declared grid of victims × attacks, at CPU scale and at the paper's scale.
+
+An :class:`Experiment` names its cells; a :class:`Cell` is one victim recipe (a
+:class:`~kktrecon.training.TrainConfig`) and one attack (a
+:class:`~kktrecon.attack.ReconstructionConfig`, run as ``restarts`` trials from different seeds
+and pooled). The catalogue (:mod:`kktrecon.experiments.catalog`) declares the paper's figures as
+data; the runner turns any experiment into run directories, a table and figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.checks import check_int
+from kktrecon.errors import ConfigError
+from kktrecon.training import TrainConfig
+
+__all__ = ["Cell", "Experiment"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One victim and the attack on it.
+
+    Attributes:
+        name: unique within the experiment; names the cell's directory and its row of the table.
+        victim: the victim's training recipe.
+        attack: the attack; ``restarts`` copies run with seeds ``attack.seed + i`` as one batch.
+        restarts: attack runs from independent starts whose candidates are pooled.
+        group: the panel the cell is drawn in (Fig. 4: one panel per n or architecture).
+        label: the cell's label in tables and legends.
+    """
+
+    name: str
+    victim: TrainConfig
+    attack: ReconstructionConfig
+    restarts: int = 1
+    group: str = ""
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        check_int("restarts", self.restarts, low=1)
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"Expected a cell `name` usable as a directory name. Got {self.name!r}.")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A paper figure or finding as a grid of cells, at two scales.
+
+    Attributes:
+        name: the command-line name (``fig4-n``).
+        title: one line.
+        finding: the qualitative claim of the paper the experiment checks.
+        figure: how the results are drawn: ``panels`` (Fig. 4: SSIM vs output per cell, shared axes),
+            ``pairs`` (Fig. 3: the reconstruction grids) or ``toy`` (Fig. 2).
+        cpu: the cells at CPU scale (this machine, ≤ 45 min in all).
+        paper: the cells at the paper's scale (a GPU).
+        cpu_minutes: measured wall time of the CPU scale on the 2-core development machine.
+    """
+
+    name: str
+    title: str
+    finding: str
+    figure: str
+    cpu: tuple[Cell, ...]
+    paper: tuple[Cell, ...]
+    cpu_minutes: float = 0.0
+    notes: str = ""
+    metrics: tuple[str, ...] = field(default=("n_recovered", "n_reconstructed", "median_ssim_aligned"))
+
+    def __post_init__(self) -> None:
+        for scale in (self.cpu, self.paper):
+            names = [c.name for c in scale]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"Expected unique cell names in experiment {self.name!r}. Got {names}.")
+        if self.figure not in ("panels", "pairs", "toy"):
+            raise ConfigError(f"Expected `figure` to be panels, pairs or toy. Got {self.figure!r}.")
+
+    def cells(self, scale: str) -> tuple[Cell, ...]:
+        if scale not in ("cpu", "paper"):
+            raise ConfigError(f"Expected `scale` to be cpu or paper. Got {scale!r}.")
+        return self.cpu if scale == "cpu" else self.paper
