@@ -7,7 +7,8 @@ parameters are a non-negative combination of per-sample gradients at the trainin
 attack searches for inputs whose gradients explain the parameters.
 
 The public API is one function per stage — :func:`train`, :func:`diagnose`, :func:`reconstruct`,
-:func:`evaluate`, :func:`report` — with the frozen config dataclasses they take. Each lives in the
+:func:`sweep`, :func:`evaluate`, :func:`report`, :func:`audit`, :func:`experiment` — with the frozen
+config dataclasses they take. Each lives in the
 package named for its stage and is imported on first use, so ``import kktrecon`` stays cheap; the
 command line (``kktrecon.cli``) is a thin layer over these functions.
 """
@@ -34,6 +35,11 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "kktrecon.evaluation",
     "report": "kktrecon.reporting",
     "KKTReconError": "kktrecon.errors",
+    "SweepConfig": "kktrecon.sweeps",
+    "sweep": "kktrecon.sweeps",
+    "AuditConfig": "kktrecon.auditing",
+    "audit": "kktrecon.auditing",
+    "experiment": "kktrecon.experiments",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -425,6 +425,49 @@ def _num(value: Any) -> str:
 
 
 @app.command()
+def audit(
+    weights: Annotated[Path, typer.Option(help="The model's weights: a .safetensors file or a PyTorch state dict.")],
+    arch: Annotated[Path, typer.Option(help="JSON description of the model's nn.Sequential (see the README).")],
+    train_dir: Annotated[Path, typer.Option("--train", help="Training images: DIR/<class>/<image>.png, or an .npz.")],
+    held_out: Annotated[
+        Path | None, typer.Option(help="Held-out images of the same task, same form (strongly advised).")
+    ] = None,
+    budget: Annotated[str, typer.Option(help="Wall-time budget of the attack, e.g. 20m.")] = "15m",
+    mean: Annotated[
+        str, typer.Option(help="train: subtract the training images' mean (the reference); none.")
+    ] = "train",
+    out_dir: Annotated[Path, typer.Option("--out", help="Audit directory (audit.html inside).")] = Path(
+        "kktrecon-audit"
+    ),
+    device: Device = "auto",
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Audit your own model: which of its training images can be read back from its weights?
+
+    Checks every input first (nothing is written on bad input), attacks the weights within the budget
+    without looking at the images (an oracle-free sweep), then compares the best candidates with
+    the training and held-out images and writes a self-contained audit.html.
+    """
+    from kktrecon.auditing import audit as run_audit
+
+    with _errors():
+        if held_out is None:
+            err.print("[yellow]warning:[/] no --held-out images: look-alikes cannot be told from leaks.")
+        result = run_audit(
+            weights=weights, arch=arch, train=train_dir, held_out=held_out, out=out_dir, budget_s=_duration(budget),
+            mean=mean, device=device, resume=resume, force=force,
+        )  # fmt: skip
+    out.rule("audit")
+    out.print(
+        f"[bold]{len(result.recovered)} of {result.metrics['n_train']} training images recovered[/]", highlight=False
+    )
+    for name in result.recovered:
+        out.print(f"  {name}", highlight=False)
+    out.print(f"report: {result.report.resolve()} · {result.seconds / 60:.1f} min", highlight=False)
+
+
+@app.command()
 def experiment(
     name: Annotated[str | None, typer.Argument(help="Experiment name (see --list).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Experiment directory.")] = None,

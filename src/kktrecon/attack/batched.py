@@ -43,7 +43,7 @@ from kktrecon.attack.engine import (
 )
 from kktrecon.attack.objectives import Objective
 from kktrecon.errors import ConfigError
-from kktrecon.models import MLP
+from kktrecon.models import MLP, ModifiedReLU
 from kktrecon.progress import progress_bar
 from kktrecon.runs import config_to_dict, open_run, resolve_device, resolve_dtype
 
@@ -69,8 +69,9 @@ class GramNet:
             kinds = [type(m) for m in model]
             if kinds and kinds[0] is nn.Flatten:
                 kinds = kinds[1:]
-            expected = [nn.Linear if i % 2 == 0 else nn.ReLU for i in range(len(kinds))]
-            if not kinds or kinds != expected or kinds[-1] is not nn.Linear:
+            relu = (nn.ReLU, ModifiedReLU)  # the attack's copy has its ReLUs swapped
+            ok = all((k is nn.Linear) if i % 2 == 0 else (k in relu) for i, k in enumerate(kinds))
+            if not kinds or not ok or kinds[-1] is not nn.Linear:
                 return None
             linears = [m for m in model if isinstance(m, nn.Linear)]
         else:

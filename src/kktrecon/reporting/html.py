@@ -35,7 +35,7 @@ from kktrecon.runs import (
     read_json,
 )
 
-__all__ = ["TOLERANCE", "headline", "report"]
+__all__ = ["RISK", "TOLERANCE", "headline", "report", "write_audit_report"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -349,3 +349,57 @@ def _page(title: str, parts: list[str]) -> str:
         + "\n".join(parts)
         + "\n</body>\n</html>\n"
     )
+
+
+#: What raises or lowers the risk, each claim with the project's own measurement behind it
+#: (docs/results/: the experiments at CPU scale; benchmarks/NOTES.md).
+RISK = (
+    "What raises the risk: few training images relative to the network's size (fig4-n: the recovered fraction "
+    "falls as n grows), a network trained to zero training error and onwards towards the max-margin solution "
+    "(training longer moves a victim closer to a KKT point: tests/test_training.py), weight decay (weight-decay "
+    "experiment) and more classes (multiclass experiment). What lowers it: more training data, biases in every "
+    "layer (the network is then not homogeneous: fig4-arch) and early stopping before the training set is fit. "
+    "None of these prevents recovery on its own; only a measurement like this one tells."
+)
+
+
+def write_audit_report(out: Path, metrics: dict[str, Any], files: dict[str, Path]) -> Path:
+    """The audit's self-contained ``audit.html``: the headline, which files leaked, the attacker's view,
+    the recovered pairs, recovery against the margin, the model's validity findings and the risk."""
+    n = metrics.get("n_train", "?")
+    recovered = metrics.get("recovered_files") or []
+    held = bool(metrics.get("held_out_given"))
+    head = f"{len(recovered)} of {n} training images recovered from the weights"
+    parts = [f"<h1>{_e('kktrecon privacy audit')}</h1>", f'<p class="headline">{_e(head)}</p>']
+    _, sub = headline(metrics)
+    parts.append(f'<p class="sub">{_e(sub)}</p>')
+    if not held:
+        parts.append(
+            '<p class="note">No held-out images were given: a candidate that merely looks like a typical training '
+            "image cannot be told from a leak, so every count here may include look-alikes. Pass --held-out.</p>"
+        )
+    parts.append(f'<p class="sub">{_e(TOLERANCE)}</p>')
+    parts.append("<h2>Recovered training images</h2>")
+    listing = "".join(f"<li><code>{_e(f)}</code></li>" for f in recovered) or "<li>none</li>"
+    parts.append(f"<ul>{listing}</ul>")
+    parts.append("<h2>Figures</h2>")
+    for name in (FIG_ATTACKER, FIG_PAIRS, FIG_SCATTER):
+        if name in files and files[name].is_file():
+            parts.append(
+                f"<figure>{_img(files[name].read_bytes(), name)}<figcaption>{_e(FIGURES[name])}</figcaption></figure>"
+            )
+    parts.append("<h2>The model</h2>")
+    findings = metrics.get("findings") or ["no finding: Linear/Conv2d/ReLU layers, homogeneous in its parameters"]
+    parts.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in findings) + "</ul>")
+    parts.append(_kv_table(metrics.get("diagnosis") or {}))
+    parts.append(
+        "<p>relative_residual: ‖θ − Σλᵢ∇θgᵢ‖ / ‖θ‖ with the multipliers fitted on the training set (0: an exact KKT "
+        "point of the max-margin problem, which the attack inverts; 1: none of θ explained).</p>"
+    )
+    parts.append("<h2>What raises or lowers the risk</h2>")
+    parts.append(f"<p>{_e(RISK)}</p>")
+    parts.append("<h2>Summary</h2>")
+    parts.append(_kv_table(metrics, skip=("recovered_files", "findings", "diagnosis", "files", "class_names")))
+    target = out / "audit.html"
+    atomic_write_text(target, _page("kktrecon privacy audit", parts))
+    return target

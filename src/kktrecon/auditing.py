@@ -1,0 +1,315 @@
+"""A privacy audit of a user's own model: which of its training images can be read back from its weights?
+
+The user brings a model trained in their own code (a state dict or safetensors file and a JSON
+description of its ``nn.Sequential``, or the ``nn.Module`` itself) and the images it was trained on
+(an image folder or an ``.npz``), ideally with held-out images of the same task. The audit checks
+everything before writing anything, then runs the oracle-free sweep of the attack within a wall-time
+budget (:mod:`kktrecon.sweeps`), pools its best candidates and only then compares them with the
+training images: the verdict (recovered: nearer to that image than to any other training or held-out
+image, aligned SSIM > 0.4), the attacker's own ranking, recovery against the model's margin, the
+model's validity findings (homogeneity, closeness to a KKT point) and what raises or lowers the risk.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.attack.kkt import diagnose_model
+from kktrecon.attack.objectives import get_objective
+from kktrecon.checks import check_int, check_number
+from kktrecon.data.folder import Images, load_images
+from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunStateError, UnsupportedModelError
+from kktrecon.evaluation import evaluate_candidates, write_evaluation
+from kktrecon.evaluation.candidates import load_candidates
+from kktrecon.models import weights_fingerprint
+from kktrecon.models.spec import fit_weights, load_spec, load_weights
+from kktrecon.models.validation import findings
+from kktrecon.reporting.html import write_audit_report
+from kktrecon.runs import POOL_DIR, atomic_write_json, config_to_dict, package_versions, read_json, resolve_device
+from kktrecon.sweeps import SweepConfig, sweep
+
+__all__ = ["AuditConfig", "AuditResult", "audit"]
+
+AUDIT_FILE = "audit.json"
+MEANS = ("train", "none")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """How the audit attacks.
+
+    Args:
+        budget_s: wall-time budget of the sweep (the checks and the evaluation come on top, briefly).
+        mean: the preprocessing the model was trained with after scaling pixels to [0, 1]:
+            ``train`` subtracts the per-pixel mean of the training images (the reference recipe),
+            ``none`` nothing.
+        iterations: attack iterations per trial; None: 2,000, fewer when the budget is short.
+        batch: trials that advance together.
+        top: how many of the best trials are pooled.
+        seed: seed of the sweep.
+    """
+
+    budget_s: float = 900.0
+    mean: str = "train"
+    iterations: int | None = None
+    batch: int = 8
+    top: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("budget_s", self.budget_s, low=0, low_open=True)
+        if self.mean not in MEANS:
+            raise ConfigError(f"Expected `mean` to be one of {list(MEANS)}. Got {self.mean!r}.")
+        if self.iterations is not None:
+            check_int("iterations", self.iterations, low=1)
+        check_int("batch", self.batch, low=1)
+        check_int("top", self.top, low=1)
+
+
+@dataclass
+class AuditResult:
+    """What the audit found: the headline numbers, which training files were recovered, where the report is."""
+
+    out: Path
+    report: Path
+    metrics: dict[str, Any]
+    recovered: list[str]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    objective: str
+    train: Images
+    held_out: Images | None
+    mean: np.ndarray
+    findings: list[Any]
+
+
+def audit(
+    model: nn.Module | None = None,
+    *,
+    weights: str | Path | None = None,
+    arch: str | Path | None = None,
+    train: str | Path,
+    held_out: str | Path | None = None,
+    out: str | Path = "kktrecon-audit",
+    config: AuditConfig | None = None,
+    device: str | torch.device = "auto",
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    **overrides: Any,
+) -> AuditResult:
+    """Audit a model: which of its training images can be read back from its weights?
+
+    Args:
+        model: the model itself (any homogeneous ``nn.Module`` of Linear, Conv2d, ReLU, Flatten,
+            pooling); or give ``weights`` and ``arch``.
+        weights: a safetensors file, or a PyTorch state dict (read with ``torch.load(weights_only=True)``).
+        arch: a JSON file describing the ``nn.Sequential`` the state dict's keys belong to.
+        train: the training images: a folder (``DIR/<class>/<image>.png``) or an ``.npz`` (``x``, ``y``).
+            One model output means two classes (output > 0: the second in sorted folder order);
+            K outputs mean K classes.
+        held_out: images of the same task the model never saw, in the same form; without them a
+            recovered image cannot be told from a look-alike (the report says so).
+        out: the audit's directory.
+        config: budget and preprocessing; keyword ``overrides`` replace its fields.
+        device: where the attack runs.
+        resume: continue an interrupted audit in ``out``.
+        force: delete an earlier audit in ``out`` first.
+        progress: show progress.
+
+    Raises:
+        ConfigError, DataError, CheckpointError, UnsupportedModelError: bad input, before anything
+            is written (the message names the file, the tensor or the layer).
+    """
+    config = dataclasses.replace(config or AuditConfig(), **overrides)
+    start = time.perf_counter()
+    inputs = _check_inputs(copy.deepcopy(model) if model is not None else None, weights, arch, train, held_out, config)
+    dev = resolve_device(device)
+    out = _open(Path(out), inputs, config, resume=resume, force=force)
+    x_train = torch.as_tensor(inputs.train.x - inputs.mean)
+    y_train = torch.as_tensor(inputs.train.y)
+    model = inputs.model.to(torch.float64).eval()
+    diagnosis = _diagnose(model, x_train, y_train, inputs.objective)
+    n = len(y_train)
+    attack = ReconstructionConfig(objective=inputs.objective, candidates=2 * n)
+    remaining = config.budget_s - (time.perf_counter() - start)
+    iterations = config.iterations or _iterations(model, inputs, 2 * n, remaining, config.batch, dev)
+    if progress:
+        Console(stderr=True).print(
+            f"audit: {n} training images, {2 * n} candidates per trial, {iterations} iterations per trial, "
+            f"batches of {config.batch} until the budget ({remaining / 60:.1f} min left) is spent",
+            highlight=False,
+        )
+    sweep_config = SweepConfig(
+        trials=10_000, iterations=iterations, batch=config.batch, seed=config.seed, attack=attack
+    )
+    swept = sweep(
+        model,
+        out / "sweep",
+        sweep_config,
+        input_shape=inputs.input_shape,
+        budget_s=max(remaining, 1.0),
+        pool_top=config.top,
+        device=dev,
+        resume=resume and (out / "sweep").exists(),
+        progress=progress,
+    )
+    metrics, files = _evaluate(out, inputs, model, x_train, y_train)
+    metrics.update(
+        trials=sum(r["state"] == "COMPLETE" for r in swept.rows),
+        iterations_per_trial=iterations,
+        sweep_seconds=swept.seconds,
+        diagnosis=diagnosis,
+        findings=[str(f) for f in inputs.findings],
+        held_out_given=inputs.held_out is not None,
+    )
+    recovered = [inputs.train.files[i] for i, hit in enumerate(metrics.pop("_recovered")) if hit]
+    metrics["recovered_files"] = recovered
+    report = write_audit_report(out, metrics, files)
+    seconds = time.perf_counter() - start
+    atomic_write_json(out / AUDIT_FILE, {**read_json(out / AUDIT_FILE), "metrics": metrics, "seconds": seconds})
+    return AuditResult(out=out, report=report, metrics=metrics, recovered=recovered, seconds=seconds)
+
+
+def _check_inputs(
+    model: nn.Module | None,
+    weights: str | Path | None,
+    arch: str | Path | None,
+    train: str | Path,
+    held_out: str | Path | None,
+    config: AuditConfig,
+) -> _Inputs:
+    """Everything the audit needs, checked; raises before anything is written."""
+    if model is None:
+        if weights is None or arch is None:
+            raise ConfigError("Expected a model, or both --weights and --arch. Got neither.")
+        model, shape = load_spec(arch)
+        fit_weights(model, load_weights(weights), where=str(weights))
+    else:
+        shape = getattr(getattr(model, "config", None), "input_shape", None)
+        if shape is None:
+            raise ConfigError("Expected the model to carry `config.input_shape`; pass arch= (a JSON spec) instead.")
+    model.eval()
+    fatal = [f for f in findings(model) if f.fatal]
+    if fatal:
+        raise UnsupportedModelError("The attack cannot handle this model: " + "; ".join(str(f) for f in fatal))
+    images = load_images(train, shape=tuple(shape))
+    held = load_images(held_out, shape=tuple(shape), class_names=images.class_names) if held_out else None
+    with torch.no_grad():
+        k = int(model(torch.zeros(1, *shape, dtype=next(model.parameters()).dtype)).shape[1])
+    classes = len(images.class_names)
+    if (k == 1 and classes != 2) or (k > 1 and k != classes):
+        raise ConfigError(
+            f"Expected a model with one output for two classes, or one output per class. The model has {k} outputs "
+            f"and {train} has {classes} classes ({list(images.class_names)})."
+        )
+    mean = images.x.mean(axis=0) if config.mean == "train" else np.zeros(images.x.shape[1:])
+    objective = "binary" if k == 1 else "multiclass"
+    return _Inputs(model, tuple(shape), objective, images, held, mean, findings(model))
+
+
+def _open(out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, force: bool) -> Path:
+    if force and resume:
+        raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
+    record = {
+        "format": "kktrecon.audit/1",
+        "fingerprint": weights_fingerprint(inputs.model),
+        "train_files": list(inputs.train.files),
+        "config": config_to_dict(config),
+        "versions": package_versions(),
+    }
+    manifest = out / AUDIT_FILE
+    if manifest.exists() and force:
+        shutil.rmtree(out)
+    elif manifest.exists() and not resume:
+        raise RunDirectoryExistsError(f"{out} already holds an audit; pass --resume to continue it or --force.")
+    elif manifest.exists():
+        saved = read_json(manifest)
+        if (saved.get("fingerprint"), saved.get("train_files")) != (record["fingerprint"], record["train_files"]):
+            raise RunStateError(f"Cannot resume {out}: it audits another model or other training images; --force.")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, record)
+    return out
+
+
+def _diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str) -> dict[str, Any]:
+    """Does the model fit its training set, and how close is it to a KKT point of the max-margin problem?"""
+    obj = get_objective(objective)
+    with torch.no_grad():
+        out = model(x)
+    margins = obj.margins(out, y)
+    result = {"train_accuracy": float((margins > 0).double().mean()), "min_margin": float(margins.min())}
+    try:
+        d = diagnose_model(model, x, y.to(torch.float64), device=torch.device("cpu"), objective=obj)
+        result.update(relative_residual=d.relative_residual, n_nonzero=d.n_nonzero, n=d.n)
+    except (UnsupportedModelError, RuntimeError) as err:  # too large to materialise per-sample gradients
+        result["relative_residual_error"] = str(err)
+    return result
+
+
+def _iterations(model: nn.Module, inputs: _Inputs, m: int, budget_s: float, batch: int, device: torch.device) -> int:
+    """Iterations per trial so that at least two batches of trials fit the budget (at most 2,000)."""
+    from kktrecon.attack.batched import reconstruct_batch
+
+    probe = [
+        ReconstructionConfig(objective=inputs.objective, candidates=m, iterations=3, seed=i, checkpoint_every=0)
+        for i in range(batch)
+    ]
+    reconstruct_batch(model, probe, input_shape=inputs.input_shape, device=device, progress=False)
+    t0 = time.perf_counter()
+    reconstruct_batch(model, probe, input_shape=inputs.input_shape, device=device, progress=False)
+    per_batch_iteration = (time.perf_counter() - t0) / 3
+    return int(max(100, min(2000, math.floor(0.45 * budget_s / max(per_batch_iteration, 1e-6)))))
+
+
+def _evaluate(
+    out: Path, inputs: _Inputs, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The verdict on the pooled candidates, with the training and held-out images in memory."""
+    pooled = load_candidates(out / "sweep" / POOL_DIR)
+    held = torch.as_tensor(inputs.held_out.x - inputs.mean) if inputs.held_out is not None else None
+    downsample = 2 if len(inputs.input_shape) == 3 and min(inputs.input_shape[1:]) >= 32 else 1
+    result = evaluate_candidates(
+        pooled.x,
+        x_train,
+        y_train,
+        torch.as_tensor(inputs.mean),
+        model=model,
+        lam=pooled.lam,
+        candidate_labels=pooled.y,
+        class_names=inputs.train.class_names,
+        downsample=downsample,
+        held_out=held,
+        held_out_source=f"{len(held)} images given with --held-out" if held is not None else "none given",
+        objective=inputs.objective,
+    )
+    result.metrics["attacker"] = {"criterion": "oracle-free ranking of the pooled sweep (see the sweep's pool)"}
+    if result.verdict is not None:
+        real = result.verdict.candidate_real
+        result.metrics["attacker"].update(
+            precision_at_10=float(real[:10].float().mean()), precision_at_20=float(real[:20].float().mean())
+        )
+    for row, name in zip(result.rows, inputs.train.files, strict=True):
+        row["file"] = name
+    files = write_evaluation(result, out / "evaluation")
+    metrics = dict(result.metrics)
+    metrics["_recovered"] = result.verdict.recovered.tolist() if result.verdict is not None else [False] * len(x_train)
+    return metrics, files
