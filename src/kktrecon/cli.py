@@ -479,6 +479,7 @@ def experiment(
     ] = False,
     data_root: DataRoot = None,
     device: Device = "auto",
+    seed: Annotated[int, typer.Option(help="Another draw of the experiment: added to every seed.")] = 0,
     resume: Resume = False,
     force: Force = False,
 ) -> None:
@@ -500,8 +501,8 @@ def experiment(
     with _errors():
         if out_dir is None:
             raise typer.BadParameter("Expected --out DIR for the experiment's results.")
-        result = run_experiment(name, out_dir, scale=scale, data_root=data_root, device=device, resume=resume,
-                                force=force)  # fmt: skip
+        result = run_experiment(name, out_dir, scale=scale, data_root=data_root, device=device, seed=seed,
+                                resume=resume, force=force)  # fmt: skip
     out.print((result.out / "results.md").read_text(encoding="utf-8"), highlight=False)
     out.print(f"{len(result.files)} files in {result.out} · {result.seconds / 60:.1f} min", highlight=False)
 

@@ -28,6 +28,11 @@ class Cell:
         victim: the victim's training recipe.
         attack: the attack; ``restarts`` copies run with seeds ``attack.seed + i`` as one batch.
         restarts: attack runs from independent starts whose candidates are pooled.
+        readouts: the candidates are read out this many times, evenly over the attack (each run is
+            extended in steps), and all read-outs pooled: a candidate that passes through a training
+            point is caught even when it drifts on (the 2-D toy has no prior to hold it).
+        margin_band: keep only pooled candidates whose margin lies within this band × the candidates'
+            median margin (``sweeps.selection.on_the_margin``; oracle-free); None keeps all.
         group: the panel the cell is drawn in (Fig. 4: one panel per n or architecture).
         label: the cell's label in tables and legends.
     """
@@ -36,11 +41,14 @@ class Cell:
     victim: TrainConfig
     attack: ReconstructionConfig
     restarts: int = 1
+    readouts: int = 1
+    margin_band: tuple[float, float] | None = None
     group: str = ""
     label: str = ""
 
     def __post_init__(self) -> None:
         check_int("restarts", self.restarts, low=1)
+        check_int("readouts", self.readouts, low=1, high=self.attack.iterations or 1)
         if not self.name or "/" in self.name:
             raise ConfigError(f"Expected a cell `name` usable as a directory name. Got {self.name!r}.")
 

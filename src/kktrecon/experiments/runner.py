@@ -17,15 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from kktrecon.attack.batched import reconstruct_batch
+from kktrecon.attack.objectives import get_objective
+from kktrecon.checks import check_int
 from kktrecon.data import SAMPLE_ROOT
 from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunStateError
 from kktrecon.evaluation import evaluate
 from kktrecon.experiments.catalog import EXPERIMENTS
 from kktrecon.experiments.grid import Cell, Experiment
+from kktrecon.models import load_checkpoint
 from kktrecon.reporting.figures import FIG_PAIRS, FIG_TOY, figure_png, plot_panels
 from kktrecon.runs import (
+    CANDIDATES_FILE,
+    RECONSTRUCTION_FILE,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -33,6 +40,7 @@ from kktrecon.runs import (
     package_versions,
     read_json,
 )
+from kktrecon.sweeps.selection import on_the_margin
 from kktrecon.training import train
 
 __all__ = ["ExperimentResult", "experiment"]
@@ -60,6 +68,7 @@ def experiment(
     scale: str = "cpu",
     data_root: str | Path | None = None,
     device: str | torch.device = "auto",
+    seed: int = 0,
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -72,12 +81,22 @@ def experiment(
         scale: ``cpu`` (this 2-core machine, ≤ 45 min) or ``paper`` (the paper's exact setting; a GPU).
         data_root: where MNIST / CIFAR-10 are; CPU-scale MNIST cells fall back to the embedded sample.
         device: where victims train and attacks run.
+        seed: added to every cell's victim seed (and, × 1000, to its attack seed): another draw of the
+            same experiment.
         resume: continue an interrupted experiment in ``out`` (finished cells are kept).
         force: delete an existing experiment in ``out`` first.
         progress: show progress bars.
     """
     exp = EXPERIMENTS.get_entry(name)
-    cells = exp.cells(scale)
+    check_int("seed", seed, low=0)
+    cells = tuple(
+        dataclasses.replace(
+            c,
+            victim=dataclasses.replace(c.victim, seed=c.victim.seed + seed),
+            attack=dataclasses.replace(c.attack, seed=c.attack.seed + 1000 * seed),
+        )
+        for c in exp.cells(scale)
+    )
     out = _open(Path(out), exp, scale, cells, resume=resume, force=force)
     start = time.perf_counter()
     rows = [_run_cell(out / "cells" / cell.name, cell, data_root, device, progress) for cell in cells]
@@ -132,32 +151,103 @@ def _run_cell(folder: Path, cell: Cell, data_root: Any, device: Any, progress: b
     start = time.perf_counter()
     victim = train(cell.victim, out=folder / "victim", data_root=root, device=device, resume=True, progress=progress)
     trained = time.perf_counter()
-    configs = [dataclasses.replace(cell.attack, seed=cell.attack.seed + i) for i in range(cell.restarts)]
-    outs = [folder / f"attack-{i}" for i in range(cell.restarts)]
-    outcome = reconstruct_batch(folder / "victim", configs, outs=outs, device=device, resume=True, progress=progress)
+    outs, errors = _attack(folder, cell, device, progress)
     attacked = time.perf_counter()
-    done = [o for o, r in zip(outs, outcome.results, strict=True) if r is not None]
+    done = [o for o, e in zip(outs, errors, strict=True) if e is None]
     if not done:
-        raise RunStateError(f"Every attack of cell {cell.name!r} diverged: {outcome.errors}.")
-    result = evaluate(done, data_root=root, out_dir=folder / "evaluation", device="cpu", force=True)
+        raise RunStateError(f"Every attack of cell {cell.name!r} diverged: {errors}.")
+    judged = _pool(folder, cell, done) if cell.readouts > 1 or cell.margin_band else done
+    result = evaluate(judged, data_root=root, out_dir=folder / "evaluation", device="cpu", force=True)
     m = result.metrics
     row = {
-        "cell": cell.name, "group": cell.group, "label": cell.label or cell.name, "n": m["n_train"],
-        "n_candidates": m["n_candidates"], "restarts": cell.restarts,
-        "failed_restarts": sum(e is not None for e in outcome.errors),
-        "train_error": victim.metrics["train_error"], "test_accuracy": victim.metrics.get("test_accuracy"),
+        "cell": cell.name,
+        "group": cell.group,
+        "label": cell.label or cell.name,
+        "n": m["n_train"],
+        "n_candidates": m["n_candidates"],
+        "restarts": cell.restarts,
+        "readouts": cell.readouts,
+        "failed_restarts": sum(e is not None for e in errors),
+        "train_error": victim.metrics["train_error"],
+        "test_accuracy": victim.metrics.get("test_accuracy"),
         **{k: m.get(k) for k in _ROW_METRICS},
         "seconds": {"train": trained - start, "attack": attacked - trained, "evaluate": time.perf_counter() - attacked},
         "evaluation": str(folder / "evaluation"),
-    }  # fmt: skip
+    }
     atomic_write_json(folder / RESULT_FILE, row)
     return row
 
 
+def _attack(folder: Path, cell: Cell, device: Any, progress: bool) -> tuple[list[Path], list[str | None]]:
+    """The cell's restarts as one batch, extended in ``readouts`` steps; each step's candidates kept."""
+    outs = [folder / f"attack-{i}" for i in range(cell.restarts)]
+    errors: list[str | None] = [None] * cell.restarts
+    for k in range(1, cell.readouts + 1):
+        stop = cell.attack.iterations * k // cell.readouts
+        if cell.readouts > 1 and any(_read_out(o) >= stop for o in outs):
+            continue  # the batch passed this read-out before an interruption
+        configs = [
+            dataclasses.replace(cell.attack, seed=cell.attack.seed + i, iterations=stop) for i in range(cell.restarts)
+        ]
+        outcome = reconstruct_batch(
+            folder / "victim", configs, outs=outs, device=device, resume=True, progress=progress
+        )
+        errors = [e or old for e, old in zip(outcome.errors, errors, strict=True)]
+        if cell.readouts > 1:
+            for out, result in zip(outs, outcome.results, strict=True):
+                if result is not None:
+                    atomic_write_bytes(out / f"readout-{stop:06d}.safetensors", (out / CANDIDATES_FILE).read_bytes())
+    return outs, errors
+
+
+def _read_out(out: Path) -> int:
+    """The iteration of the latest read-out kept in ``out`` (0: none)."""
+    return max((int(f.stem.split("-")[1]) for f in out.glob("readout-*.safetensors")), default=0)
+
+
+def _pool(folder: Path, cell: Cell, outs: list[Path]) -> Path:
+    """All read-outs of all restarts in one candidate set (``folder/pool``), filtered by the margin band."""
+    files = sorted(f for out in outs for f in out.glob("readout-*.safetensors")) or [o / CANDIDATES_FILE for o in outs]
+    tensors = [st_load(f.read_bytes()) for f in files]
+    x, lam, y = (torch.cat([t[k] for t in tensors]) for k in ("x", "lam", "y"))
+    manifest = read_json(outs[0] / RECONSTRUCTION_FILE)
+    if cell.margin_band is not None:
+        model, _ = load_checkpoint(folder / "victim", dtype=torch.float64)
+        keep = on_the_margin(model.eval(), get_objective(manifest["objective"]), x.double(), y, cell.margin_band)
+        x, lam, y = x[keep], lam[keep], y[keep]
+    pool = folder / "pool"
+    atomic_write_bytes(
+        pool / CANDIDATES_FILE, st_save({"x": x.contiguous(), "lam": lam.contiguous(), "y": y.contiguous()})
+    )
+    atomic_write_json(
+        pool / RECONSTRUCTION_FILE,
+        {
+            "format": "kktrecon.pool/1",
+            "victim": manifest["victim"],
+            "objective": manifest["objective"],
+            "candidates": len(x),
+            "sources": [str(f) for f in files],
+            "margin_band": cell.margin_band,
+            "loss_history": [],
+        },
+    )
+    return pool
+
+
 _ROW_METRICS = (
-    "n_recovered", "n_reconstructed", "n_reconstructed_reference", "median_ssim_aligned", "held_out_n_reconstructed",
-    "chance_n_reconstructed", "n_found", "n_margin", "n_found_margin", "n_off_margin", "n_found_off_margin", "held_out",
-)  # fmt: skip
+    "n_recovered",
+    "n_reconstructed",
+    "n_reconstructed_reference",
+    "median_ssim_aligned",
+    "held_out_n_reconstructed",
+    "chance_n_reconstructed",
+    "n_found",
+    "n_margin",
+    "n_found_margin",
+    "n_off_margin",
+    "n_found_off_margin",
+    "held_out",
+)
 
 
 def _write_results(out: Path, exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> list[Path]:
@@ -184,19 +274,43 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
     if exp.figure == "toy":
         head = ["cell", "n", "margin points found", "off-margin points found", "candidates", "time"]
         body = [
-            [r["label"], r["n"], f"{r['n_found_margin']} of {r['n_margin']}",
-             f"{r['n_found_off_margin']} of {r['n_off_margin']}", r["n_candidates"], _minutes(r)]
+            [
+                r["label"],
+                r["n"],
+                f"{r['n_found_margin']} of {r['n_margin']}",
+                f"{r['n_found_off_margin']} of {r['n_off_margin']}",
+                r["n_candidates"],
+                _minutes(r),
+            ]
             for r in rows
-        ]  # fmt: skip
+        ]
         legend = "found: a candidate within 0.05 of the training point; on the margin: normalised margin ≤ 1.1."
     else:
-        head = ["cell", "n", "recovered", "held-out look-alikes > 0.4", "aligned SSIM > 0.4", "min-max SSIM > 0.4",
-                "median aligned SSIM", "test accuracy", "time"]  # fmt: skip
+        head = [
+            "cell",
+            "n",
+            "recovered",
+            "held-out look-alikes > 0.4",
+            "aligned SSIM > 0.4",
+            "min-max SSIM > 0.4",
+            "median aligned SSIM",
+            "test accuracy",
+            "time",
+        ]
         body = [
-            [r["label"], r["n"], r["n_recovered"], r["held_out_n_reconstructed"], r["n_reconstructed"],
-             r["n_reconstructed_reference"], _fmt(r["median_ssim_aligned"]), _fmt(r["test_accuracy"]), _minutes(r)]
+            [
+                r["label"],
+                r["n"],
+                r["n_recovered"],
+                r["held_out_n_reconstructed"],
+                r["n_reconstructed"],
+                r["n_reconstructed_reference"],
+                _fmt(r["median_ssim_aligned"]),
+                _fmt(r["test_accuracy"]),
+                _minutes(r),
+            ]
             for r in rows
-        ]  # fmt: skip
+        ]
         legend = (
             "recovered: a candidate nearer to that training image than to any other training or held-out image, with "
             "scale-aligned SSIM > 0.4. held-out look-alikes: training images whose nearest held-out test image already "

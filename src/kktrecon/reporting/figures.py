@@ -64,7 +64,7 @@ FIGURES: dict[str, str] = {
     "independent trials found them (and the victim's margin on them), above the training image the oracle says each "
     "recovers (green) or a blank (red: not a training image).",
     FIG_TOY: "The 2-D toy: decision boundary Φ = 0, training points (ringed: on the margin) and the candidates "
-    "at the end of reconstruction (crosses); dotted circles have the matching radius.",
+    "(crosses: at the end of the attack, or read out along it); dotted circles have the matching radius.",
 }
 _DPI = 110
 _FONT = 9
@@ -384,7 +384,7 @@ def plot_toy(result: EvaluationResult, *, circles: bool = True) -> Figure:
     else:
         colours = ["k"] * len(cands)
     ax.scatter(cands[:, 0], cands[:, 1], marker="x", s=30, c=colours, linewidths=1.2, zorder=5)
-    handles.append(Line2D([], [], ls="", marker="x", color="0.2", label="candidates (end of reconstruction)"))
+    handles.append(Line2D([], [], ls="", marker="x", color="0.2", label="candidates"))
     ax.set_aspect("equal")
     ax.tick_params(labelsize=_FONT)
     ax.set_xlabel("x₁", fontsize=_FONT + 1)
