@@ -65,14 +65,14 @@ def score_toy(candidates: Tensor, points: Tensor, *, best_buddies: bool = False)
 
 
 def toy_grid(model: torch.nn.Module, points: Tensor, candidates: Tensor) -> tuple[Any, Any, Any]:
-    """(xs, ys, Φ) on a 241×241 grid covering the points and candidates, for the decision-boundary plot."""
+    """(xs, ys, Φ) on a 161×161 grid covering the points and candidates, for the decision-boundary plot."""
     # The reference plots the toy over [-1.5, 1.5]^2; widen it when points or candidates lie outside.
     extent = 1.5
     finite = torch.cat([points.reshape(-1), candidates.reshape(-1)]).abs()
     finite = finite[torch.isfinite(finite)]
     if finite.numel():
         extent = max(extent, 1.05 * float(finite.max()))
-    axis = torch.linspace(-extent, extent, 241, dtype=torch.float64)
+    axis = torch.linspace(-extent, extent, 161, dtype=torch.float64)
     gx, gy = torch.meshgrid(axis, axis, indexing="xy")
     raw = forward_chunked(model, torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1))
     phi = raw[:, 0] if raw.shape[1] == 1 else raw.argmax(dim=1).to(torch.float64)
