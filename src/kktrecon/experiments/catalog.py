@@ -37,7 +37,8 @@ def winner(dataset: str, which: int = 1, **fields: object) -> ReconstructionConf
 
 def victim(dataset: str = "mnist", task: str = "odd-even", per_class: int = 10, **fields: object) -> TrainConfig:
     """The reference recipe (full-batch GD at lr 0.01, first-layer bias, d-1000-1000-K) on ``per_class`` images."""
-    test = {"mnist": 20, "cifar10": 100}.get(dataset, 20)
+    # 200 held-out test images in all, the verdict's default pool beside the training set.
+    test = 100 if task in ("odd-even", "vehicles-animals") else 20
     base = TrainConfig(
         data=DataConfig(dataset=dataset, task=task, n_per_class=per_class, test_per_class=test),
         steps=10_000,

@@ -48,7 +48,7 @@ __all__ = ["ExperimentResult", "experiment"]
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
 # The embedded sample holds the first 500 training and test images of MNIST: enough for CPU-scale cells.
-_SAMPLE_PER_CLASS = {"odd-even": 200, "digits": 40, "digit-value": 40}
+_SAMPLE_PER_CLASS = {"odd-even": (200, 200), "digits": (35, 35), "digit-value": (35, 35)}  # (train, test)
 
 
 @dataclass
@@ -139,7 +139,8 @@ def _data_root(cell: Cell, data_root: str | Path | None) -> str | Path | None:
     data = cell.victim.data
     if data_root is not None or data.dataset != "mnist":
         return data_root
-    fits = data.n_per_class <= _SAMPLE_PER_CLASS.get(data.task, 0) and data.test_per_class <= 40
+    train_cap, test_cap = _SAMPLE_PER_CLASS.get(data.task, (0, 0))
+    fits = data.n_per_class <= train_cap and data.test_per_class <= test_cap
     return SAMPLE_ROOT if fits else None
 
 
