@@ -450,6 +450,7 @@ def audit(
     the training and held-out images and writes a self-contained audit.html.
     """
     from kktrecon.auditing import audit as run_audit
+    from kktrecon.reporting.html import WEAK_POOL, weak_pool_note
 
     with _errors():
         if held_out is None:
@@ -458,6 +459,8 @@ def audit(
             weights=weights, arch=arch, train=train_dir, held_out=held_out, out=out_dir, budget_s=_duration(budget),
             mean=mean, device=device, resume=resume, force=force,
         )  # fmt: skip
+    if held_out is not None and result.metrics.get("held_out", {}).get("count", WEAK_POOL) < WEAK_POOL:
+        err.print(f"[yellow]warning:[/] {weak_pool_note(result.metrics)}", highlight=False)
     out.rule("audit")
     out.print(
         f"[bold]{len(result.recovered)} of {result.metrics['n_train']} training images recovered[/]", highlight=False

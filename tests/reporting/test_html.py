@@ -11,6 +11,7 @@ import torch
 
 from kktrecon.evaluation import evaluate_candidates, write_evaluation
 from kktrecon.reporting import report
+from kktrecon.reporting.html import write_audit_report
 from tests.reporting.helpers import _evaluated_dir
 
 
@@ -73,3 +74,11 @@ def test_toy_report(tmp_path: Path) -> None:
         page = report(tmp_path).read_text(encoding="utf-8")
     assert "2 of 4 training points found" in page
     assert page.count('src="data:image/png;base64,') == 1
+
+
+@pytest.mark.parametrize(("given", "count", "warned"), [(True, 10, True), (True, 200, False), (False, 0, False)])
+def test_the_audit_report_warns_when_the_held_out_pool_is_weak(tmp_path: Path, given, count, warned) -> None:
+    metrics = {"n_train": 10, "n_recovered": 8, "held_out_given": given, "held_out": {"count": count}}
+    page = write_audit_report(tmp_path, metrics, {}).read_text(encoding="utf-8")
+    assert ("Only 10 held-out images were given" in page) is warned
+    assert ("No held-out images were given" in page) is (not given)

@@ -363,6 +363,20 @@ RISK = (
 )
 
 
+#: Fewer held-out images than this make a weak baseline: a look-alike is then easily nearest to a training image.
+WEAK_POOL = 200
+
+
+def weak_pool_note(metrics: dict[str, Any]) -> str:
+    """Why a count read against fewer than :data:`WEAK_POOL` held-out images may include look-alikes."""
+    count = (metrics.get("held_out") or {}).get("count", 0)
+    return (
+        f"Only {count} held-out images were given: with few of them, a candidate that merely resembles a training "
+        f"image is rarely nearer to a held-out one, so the recovered count may include look-alikes. The verdict "
+        f"controls use {WEAK_POOL}; pass at least that many with --held-out for a count that means a leak."
+    )
+
+
 def write_audit_report(out: Path, metrics: dict[str, Any], files: dict[str, Path]) -> Path:
     """The audit's self-contained ``audit.html``: the headline, which files leaked, the attacker's view,
     the recovered pairs, recovery against the margin, the model's validity findings and the risk."""
@@ -378,6 +392,8 @@ def write_audit_report(out: Path, metrics: dict[str, Any], files: dict[str, Path
             '<p class="note">No held-out images were given: a candidate that merely looks like a typical training '
             "image cannot be told from a leak, so every count here may include look-alikes. Pass --held-out.</p>"
         )
+    elif (metrics.get("held_out") or {}).get("count", WEAK_POOL) < WEAK_POOL:
+        parts.append(f'<p class="note">{_e(weak_pool_note(metrics))}</p>')
     parts.append(f'<p class="sub">{_e(TOLERANCE)}</p>')
     parts.append("<h2>Recovered training images</h2>")
     listing = "".join(f"<li><code>{_e(f)}</code></li>" for f in recovered) or "<li>none</li>"
