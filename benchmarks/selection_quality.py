@@ -13,12 +13,12 @@ benchmarks/results/selection_quality.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from _common import print_table, write_json
 from kktrecon.evaluation import evaluate
 from kktrecon.sweeps import sweep
 from kktrecon.training import train
@@ -58,14 +58,13 @@ def main() -> None:
             "precision_at_20": pooled["attacker"]["precision_at_20"], "trial_kkt": kkt, "trial_oracle": oracle,
         })  # fmt: skip
         print({k: v for k, v in rows[-1].items() if not k.startswith("trial_")}, flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print("| victim | trials | Spearman(kkt, oracle) | best trial | pooled top-k recovered | precision@10 | @20 |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['victim']} | {r['trials']} × {r['iterations']} it | {r['spearman_kkt_vs_oracle']:+.2f} | "
-              f"{r['best_trial_oracle']} | {r['pooled_n_recovered']} | {r['precision_at_10']:.2f} | "
-              f"{r['precision_at_20']:.2f} |")  # fmt: skip
+        write_json(args.out, {"rows": rows})
+    print_table(
+        ["victim", "trials", "Spearman(kkt, oracle)", "best trial", "pooled top-k recovered", "precision@10", "@20"],
+        [[r["victim"], f"{r['trials']} × {r['iterations']} it", f"{r['spearman_kkt_vs_oracle']:+.2f}",
+          r["best_trial_oracle"], r["pooled_n_recovered"], f"{r['precision_at_10']:.2f}",
+          f"{r['precision_at_20']:.2f}"] for r in rows],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

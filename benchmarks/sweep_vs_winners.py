@@ -19,12 +19,12 @@ writes JSON to benchmarks/results/sweep_vs_winners.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from _common import print_table, write_json
 from kktrecon.attack import reconstruct
 from kktrecon.evaluation import evaluate
 from kktrecon.experiments.catalog import victim as recipe
@@ -98,13 +98,12 @@ def main() -> None:
             "trial_oracle": oracle, "trial_kkt": kkt,
         })  # fmt: skip
         print(rows[-1], flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"budget_trial_iterations": budget, "rows": rows}, indent=2) + "\n")
-    print("| victim | method | n_recovered | trial-iterations | time |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['victim']} | {r['method']} | {r['n_recovered']} of {r['n']} | {r['trial_iterations']} | "
-              f"{r['seconds'] / 60:.1f} min |")  # fmt: skip
+        write_json(args.out, {"budget_trial_iterations": budget, "rows": rows})
+    print_table(
+        ["victim", "method", "n_recovered", "trial-iterations", "time"],
+        [[r["victim"], r["method"], f"{r['n_recovered']} of {r['n']}", r["trial_iterations"],
+          f"{r['seconds'] / 60:.1f} min"] for r in rows],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
