@@ -252,7 +252,7 @@ def plot_panels(evaluations: list[Path], labels: list[str], *, title: str = "", 
             ax.scatter(margin[mask], ssim[mask], s=12, color=_class_colour(int(k)), alpha=0.8, linewidths=0)
         ax.scatter(margin[hit], ssim[hit], s=40, facecolors="none", edgecolors="k", lw=0.9)
         ax.axhline(0.4, color="0.3", ls="--", lw=0.8)
-        ax.set_title(f"{label}: {int(hit.sum())} of {len(hit)} recovered", fontsize=_FONT)
+        ax.set_title(f"{label}\n{int(hit.sum())} of {len(hit)} recovered", fontsize=_FONT)
         ax.tick_params(labelsize=_FONT - 1)
         ax.grid(alpha=0.25)
     for ax in axes[len(evaluations) :]:
@@ -260,7 +260,11 @@ def plot_panels(evaluations: list[Path], labels: list[str], *, title: str = "", 
     fig.supxlabel("margin yᵢΦ(xᵢ) / smallest training margin (1 = on the margin)", fontsize=_FONT)
     fig.supylabel("aligned SSIM of the best candidate", fontsize=_FONT)
     if title:
-        fig.suptitle(f"{title} · ringed: recovered · dashed: SSIM 0.4", fontsize=_FONT + 1)
+        fig.suptitle(
+            f"{title}\nringed: recovered (a candidate nearer to it than to any other training or held-out image, "
+            "SSIM > 0.4) · dashed: SSIM 0.4",
+            fontsize=_FONT + 1,
+        )
     return fig
 
 
