@@ -43,6 +43,12 @@ def test_trials_are_reconstruction_directories_and_the_best_are_pooled(victim, t
     metrics = evaluate(out, data_root=SAMPLE_ROOT).metrics  # a sweep directory stands for its pool
     assert metrics["n_candidates"] == json.loads((out / "pool" / "reconstruction.json").read_text())["candidates"]
     assert 0.0 <= metrics["attacker"]["precision_at_10"] <= 1.0
+    from typer.testing import CliRunner
+
+    from kktrecon.cli import app
+
+    cli = CliRunner().invoke(app, ["evaluate", str(out), "--data-root", str(SAMPLE_ROOT), "--force"])
+    assert cli.exit_code == 0, cli.output  # the command line takes the sweep directory too
     with pytest.raises(RunDirectoryExistsError, match="--resume"):
         sweep(victim, out, trials=4, **SMALL)
     with pytest.raises(RunStateError, match="differs in \\['iterations'\\]"):

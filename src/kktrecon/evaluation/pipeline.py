@@ -445,11 +445,15 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, figures: 
 
 def _pool_of_sweep(rec_dirs: str | Path | Sequence[str | Path]) -> str | Path | Sequence[str | Path]:
     """A sweep directory stands for its pooled candidates (``SWEEP_DIR/pool``, written by the sweep)."""
-    if isinstance(rec_dirs, str | Path):
-        path = Path(rec_dirs)
+
+    def one(path: Path) -> Path:
         if not (path / RECONSTRUCTION_FILE).exists() and (path / POOL_DIR / RECONSTRUCTION_FILE).exists():
             return path / POOL_DIR
-    return rec_dirs
+        return path
+
+    if isinstance(rec_dirs, str | Path):
+        return one(Path(rec_dirs))
+    return [one(Path(d)) for d in rec_dirs]
 
 
 def attacker_metrics(ranking_path: Path, verdict: Verdict, *, ks: tuple[int, ...] = (10, 20)) -> dict[str, Any]:
