@@ -108,7 +108,7 @@ for _exp in (
         figure="toy",
         cpu=(_TOY_CELL,),
         paper=(_TOY_CELL,),
-        cpu_minutes=1.0,
+        cpu_minutes=1.3,
     ),
     Experiment(
         name="fig3-mnist",
@@ -117,7 +117,7 @@ for _exp in (
         figure="pairs",
         cpu=(Cell("n50", victim(per_class=25), winner("mnist", 2, **_CPU_ATTACK), restarts=4, label="n = 50"),),
         paper=(Cell("n500", paper_victim(), winner("mnist", 2, **_PAPER_ATTACK), label="n = 500"),),
-        cpu_minutes=8.0,
+        cpu_minutes=11.6,
     ),
     Experiment(
         name="fig3-cifar",
@@ -141,7 +141,7 @@ for _exp in (
                 label="n = 500",
             ),
         ),
-        cpu_minutes=12.0,
+        cpu_minutes=11.2,
     ),
     Experiment(
         name="fig4-n",
@@ -169,7 +169,7 @@ for _exp in (
             )
             for k in _N_PAPER
         ),
-        cpu_minutes=12.0,
+        cpu_minutes=23.7,
     ),
     Experiment(
         name="fig4-arch",
@@ -198,7 +198,7 @@ for _exp in (
             )
             for label, hidden, bias in _ARCHS
         ),
-        cpu_minutes=12.0,
+        cpu_minutes=22.1,
     ),
     Experiment(
         name="weight-decay",
@@ -226,7 +226,7 @@ for _exp in (
             )
             for wd in _DECAY
         ),
-        cpu_minutes=10.0,
+        cpu_minutes=13.1,
     ),
     Experiment(
         name="multiclass",
@@ -266,7 +266,7 @@ for _exp in (
                 label="MNIST 10 digits, 50 per class",
             ),
         ),
-        cpu_minutes=12.0,
+        cpu_minutes=23.4,
     ),
     Experiment(
         name="victims",
@@ -304,7 +304,7 @@ for _exp in (
                 label="MLP, regress the digit, n = 500",
             ),
         ),
-        cpu_minutes=10.0,
+        cpu_minutes=11.0,
     ),
 ):
     EXPERIMENTS.register(_exp.name, _exp)

@@ -65,7 +65,8 @@ class Experiment:
             ``pairs`` (Fig. 3: the reconstruction grids) or ``toy`` (Fig. 2).
         cpu: the cells at CPU scale (this machine, ≤ 45 min in all).
         paper: the cells at the paper's scale (a GPU).
-        cpu_minutes: measured wall time of the CPU scale on the 2-core development machine.
+        cpu_minutes: measured wall time of the CPU scale on the 2-core development machine (one thread,
+            beside another experiment; alone with both cores, about two thirds of it).
     """
 
     name: str

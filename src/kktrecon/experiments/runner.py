@@ -98,10 +98,10 @@ def experiment(
         for c in exp.cells(scale)
     )
     out = _open(Path(out), exp, scale, cells, resume=resume, force=force)
-    start = time.perf_counter()
     rows = [_run_cell(out / "cells" / cell.name, cell, data_root, device, progress) for cell in cells]
     files = _write_results(out, exp, scale, rows)
-    seconds = time.perf_counter() - start
+    # The cells' own times: a resumed experiment counts each cell once, not the resuming call's wall time.
+    seconds = sum(sum(r["seconds"].values()) for r in rows)
     record = read_json(out / EXPERIMENT_FILE)
     atomic_write_json(out / EXPERIMENT_FILE, {**record, "seconds": seconds, "finished": True})
     return ExperimentResult(out=out, rows=rows, files=files, seconds=seconds)
