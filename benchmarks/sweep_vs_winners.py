@@ -25,10 +25,11 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from _common import print_table, write_json
-from kktrecon.attack import reconstruct
+from kktrecon.attack import ReconstructionConfig, reconstruct
 from kktrecon.evaluation import evaluate
 from kktrecon.experiments.catalog import victim as recipe
 from kktrecon.experiments.catalog import winner
+from kktrecon.runs import read_json
 from kktrecon.sweeps import sweep
 from kktrecon.training import train
 
@@ -49,6 +50,22 @@ def oracle_per_trial(rows: list[dict], data_root: Path) -> tuple[list[float], li
             oracle.append(metrics["n_recovered"])
             kkt.append(r["kkt_score"])
     return kkt, oracle
+
+
+def explore_then_extend(folder: Path, name: str, budget: int, args: argparse.Namespace) -> dict:
+    """Half the budget on short trials, the other half extending the kkt-best one (oracle-free choice)."""
+    start = time.perf_counter()
+    short = budget // (2 * args.trials)
+    result = sweep(folder / "victim", folder / "explore", trials=args.trials, iterations=short, batch=args.batch,
+                   device="cpu", force=True, progress=False)  # fmt: skip
+    best = max((r for r in result.rows if r["state"] == "COMPLETE"), key=lambda r: r["kkt_score"])
+    config = read_json(Path(best["dir"]) / "reconstruction.json")["config"]
+    extended = ReconstructionConfig(**{**config, "iterations": short + budget - args.trials * short})
+    reconstruct(folder / "victim", extended, out=best["dir"], device="cpu", resume=True, progress=False)
+    m = evaluate(best["dir"], data_root=args.data_root, figures=False, force=True).metrics
+    return {"victim": name, "method": f"explore ({args.trials} × {short} it) then extend the kkt-best trial",
+            "n_recovered": m["n_recovered"], "n": m["n_train"], "trial_iterations": budget,
+            "seconds": time.perf_counter() - start, "best_trial": best["number"]}  # fmt: skip
 
 
 def main() -> None:
@@ -97,6 +114,8 @@ def main() -> None:
             "precision_at_20": pooled["attacker"]["precision_at_20"],
             "trial_oracle": oracle, "trial_kkt": kkt,
         })  # fmt: skip
+        print(rows[-1], flush=True)
+        rows.append(explore_then_extend(folder, name, budget, args))
         print(rows[-1], flush=True)
         write_json(args.out, {"budget_trial_iterations": budget, "rows": rows})
     print_table(
