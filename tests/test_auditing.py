@@ -82,13 +82,14 @@ def _held_out_recovered(out: Path, root: Path) -> int:
 def test_the_cli_audit_finds_training_images_and_no_held_out_one(user, tmp_path) -> None:
     root, out = user["root"], tmp_path / "audit"
     args = ["audit", "--weights", str(root / "model.pt"), "--arch", str(root / "arch.json"), "--train",
-            str(root / "train"), "--held-out", str(root / "held"), "--budget", "40s", "--out", str(out),
-            "--device", "cpu"]  # fmt: skip
+            str(root / "train"), "--held-out", str(root / "held"), "--budget", "10m", "--trials", "16",
+            "--iterations", "500", "--out", str(out), "--device", "cpu"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "audit.json").read_text())["metrics"]
     assert metrics["n_recovered"] >= 1 and len(metrics["recovered_files"]) == metrics["n_recovered"]
     assert all("/train/" in f for f in metrics["recovered_files"])
+    assert (metrics["trials"], metrics["iterations_per_trial"]) == (16, 500)  # fixed: independent of the machine
     assert _held_out_recovered(out, root) == 0
     page = (out / "audit.html").read_text(encoding="utf-8")
     assert "training images recovered from the weights" in page and "What raises or lowers the risk" in page
@@ -99,7 +100,7 @@ def test_the_python_api_audits_an_nn_module(user, tmp_path) -> None:
     model = user["model"]
     model.config = type("Config", (), {"input_shape": (1, 28, 28)})()  # how a module tells its input shape
     result = audit(model, train=user["root"] / "train", held_out=user["root"] / "held", out=tmp_path / "a",
-                   budget_s=30, device="cpu", progress=False)  # fmt: skip
+                   budget_s=600, trials=16, iterations=500, device="cpu", progress=False)  # fmt: skip
     assert result.metrics["n_recovered"] >= 1 and result.report.is_file()
     assert _held_out_recovered(tmp_path / "a", user["root"]) == 0
 

@@ -57,6 +57,9 @@ class AuditConfig:
             ``train`` subtracts the per-pixel mean of the training images (the reference recipe),
             ``none`` nothing.
         iterations: attack iterations per trial; None: 2,000, fewer when the budget is short.
+        trials: at most this many trials; None: batches until the budget is spent. With both
+            ``trials`` and ``iterations`` set (and budget to spare) the audit does not depend on the
+            machine's speed.
         batch: trials that advance together.
         top: how many of the best trials are pooled.
         seed: seed of the sweep.
@@ -65,6 +68,7 @@ class AuditConfig:
     budget_s: float = 900.0
     mean: str = "train"
     iterations: int | None = None
+    trials: int | None = None
     batch: int = 8
     top: int = 4
     seed: int = 0
@@ -75,6 +79,8 @@ class AuditConfig:
             raise ConfigError(f"Expected `mean` to be one of {list(MEANS)}. Got {self.mean!r}.")
         if self.iterations is not None:
             check_int("iterations", self.iterations, low=1)
+        if self.trials is not None:
+            check_int("trials", self.trials, low=1)
         check_int("batch", self.batch, low=1)
         check_int("top", self.top, low=1)
 
@@ -159,7 +165,7 @@ def audit(
             highlight=False,
         )
     sweep_config = SweepConfig(
-        trials=10_000, iterations=iterations, batch=config.batch, seed=config.seed, attack=attack
+        trials=config.trials or 10_000, iterations=iterations, batch=config.batch, seed=config.seed, attack=attack
     )
     swept = sweep(
         model,

@@ -433,6 +433,10 @@ def audit(
         Path | None, typer.Option(help="Held-out images of the same task, same form (strongly advised).")
     ] = None,
     budget: Annotated[str, typer.Option(help="Wall-time budget of the attack, e.g. 20m.")] = "15m",
+    trials: Annotated[int | None, typer.Option(help="At most this many trials (default: until the budget).")] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Attack iterations per trial (default: ≤ 2,000, fitted to the budget).")
+    ] = None,
     mean: Annotated[
         str, typer.Option(help="train: subtract the training images' mean (the reference); none.")
     ] = "train",
@@ -457,7 +461,7 @@ def audit(
             err.print("[yellow]warning:[/] no --held-out images: look-alikes cannot be told from leaks.")
         result = run_audit(
             weights=weights, arch=arch, train=train_dir, held_out=held_out, out=out_dir, budget_s=_duration(budget),
-            mean=mean, device=device, resume=resume, force=force,
+            mean=mean, trials=trials, iterations=iterations, device=device, resume=resume, force=force,
         )  # fmt: skip
     if held_out is not None and result.metrics.get("held_out", {}).get("count", WEAK_POOL) < WEAK_POOL:
         err.print(f"[yellow]warning:[/] {weak_pool_note(result.metrics)}", highlight=False)
