@@ -7,6 +7,19 @@ from pathlib import Path
 from typing import Any
 
 
+def run_meta(device: Any) -> dict[str, Any]:
+    """Where a benchmark ran: the device, its name, the CPU threads and the package versions."""
+    import platform
+
+    import torch
+
+    from kktrecon.runs import package_versions
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
+            "versions": package_versions()}  # fmt: skip
+
+
 def write_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")

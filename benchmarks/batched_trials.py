@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import platform
 import time
 from pathlib import Path
 
@@ -23,10 +21,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from _common import run_meta, write_json
 from kktrecon.attack import ReconstructionConfig, reconstruct
 from kktrecon.attack.batched import reconstruct_batch
 from kktrecon.models import ModelConfig, build_model
-from kktrecon.runs import package_versions, resolve_device
+from kktrecon.runs import resolve_device
 
 WIDTHS = (784, 1000, 1000, 1)
 
@@ -107,15 +106,7 @@ def main() -> None:
         )  # fmt: skip
     Console().print(table)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    meta = {
-        "device": str(device),
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "versions": package_versions(),
-    }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(out, {"meta": run_meta(device), "rows": rows})
     print(f"wrote {out}")
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -21,9 +19,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from _common import run_meta, write_json
 from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state
 from kktrecon.models import ModelConfig, build_model, with_modified_relu
-from kktrecon.runs import package_versions, resolve_device
+from kktrecon.runs import resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -109,14 +108,7 @@ def main() -> None:
         )
     Console().print(table)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "threads": torch.get_num_threads(),
-        "versions": package_versions(),
-    }
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(out, {"meta": run_meta(device), "rows": rows})
     print(f"wrote {out}")
 
 
