@@ -44,8 +44,9 @@ def main() -> None:
         folder = args.work / name
         train(config, out=folder / "victim", data_root=args.data_root, device="cpu", resume=True, progress=False)
         start = time.perf_counter()
+        # Random trials of equal length only (no released winners, no extension): the selection measured alone.
         result = sweep(folder / "victim", folder / "sweep", trials=args.trials, iterations=args.iterations,
-                       batch=args.batch, pool_top=args.top, device="cpu",
+                       batch=args.batch, pool_top=args.top, extend=0, warm_start=False, device="cpu",
                        resume=(folder / "sweep" / "sweep.json").exists(), progress=False)  # fmt: skip
         seconds = time.perf_counter() - start
         kkt, oracle = oracle_per_trial(result.rows, args.data_root)

@@ -5,8 +5,9 @@ biases in all layers; all 784/3072-1000-1000-1, the reference recipe, 10⁴ step
 budget of trial-iterations (three default runs of ``--default-iterations``):
 
 - each released winner of the victim's data set, run alone for the whole budget;
-- a random sweep with the oracle-free ``kkt`` objective (``--trials`` trials sharing the budget,
-  ``--batch`` at a time), its best trials pooled.
+- the sweep's own policy with the oracle-free ``kkt`` objective: half the budget on ``--trials``
+  short trials (the released winners first, then random ones, ``--batch`` at a time), the other
+  half extending the kkt-best ``k`` trials (``--extend-top``, a list), the best trials pooled.
 
 Every method is scored by n_recovered (the verdict against training ∪ held-out). The sweep's trials
 are also scored by the oracle afterwards, for the selection-quality numbers (Spearman correlation of
@@ -19,16 +20,19 @@ writes JSON to benchmarks/results/sweep_vs_winners.json.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 from scipy.stats import spearmanr
 
 from _common import print_table, write_json
-from kktrecon.attack import ReconstructionConfig, reconstruct
+from kktrecon.attack import reconstruct
+from kktrecon.attack.released import winner
 from kktrecon.evaluation import evaluate
 from kktrecon.experiments.catalog import victim as recipe
-from kktrecon.experiments.catalog import winner
 from kktrecon.runs import read_json
 from kktrecon.sweeps import sweep
 from kktrecon.training import train
@@ -52,20 +56,45 @@ def oracle_per_trial(rows: list[dict], data_root: Path) -> tuple[list[float], li
     return kkt, oracle
 
 
-def explore_then_extend(folder: Path, name: str, budget: int, args: argparse.Namespace) -> dict:
-    """Half the budget on short trials, the other half extending the kkt-best one (oracle-free choice)."""
-    start = time.perf_counter()
+def sweep_rows(folder: Path, name: str, budget: int, args: argparse.Namespace) -> list[dict]:
+    """The sweep's own policy at the budget: explore on half, extend the kkt-best ``k`` on the other half.
+
+    The exploration (``--trials`` trials of budget / (2 · trials) iterations, the released winners
+    first) runs once; each ``k`` of ``--extend-top`` extends a copy of it (a sweep resumes with a
+    larger extension), so that the policies differ only in how the second half is spent.
+    """
     short = budget // (2 * args.trials)
-    result = sweep(folder / "victim", folder / "explore", trials=args.trials, iterations=short, batch=args.batch,
-                   device="cpu", force=True, progress=False)  # fmt: skip
-    best = max((r for r in result.rows if r["state"] == "COMPLETE"), key=lambda r: r["kkt_score"])
-    config = read_json(Path(best["dir"]) / "reconstruction.json")["config"]
-    extended = ReconstructionConfig(**{**config, "iterations": short + budget - args.trials * short})
-    reconstruct(folder / "victim", extended, out=best["dir"], device="cpu", resume=True, progress=False)
-    m = evaluate(best["dir"], data_root=args.data_root, figures=False, force=True).metrics
-    return {"victim": name, "method": f"explore ({args.trials} × {short} it) then extend the kkt-best trial",
-            "n_recovered": m["n_recovered"], "n": m["n_train"], "trial_iterations": budget,
-            "seconds": time.perf_counter() - start, "best_trial": best["number"]}  # fmt: skip
+    explore = folder / "sweep-explore"
+    start = time.perf_counter()
+    result = sweep(folder / "victim", explore, trials=args.trials, iterations=short, extend=0, batch=args.batch,
+                   device="cpu", resume=(explore / "sweep.json").exists(), progress=False)  # fmt: skip
+    explore_s = time.perf_counter() - start
+    kkt, oracle = oracle_per_trial(result.rows, args.data_root)
+    rows = []
+    for k in (int(v) for v in args.extend_top.split(",")):
+        out = folder / f"sweep-top{k}"
+        if not (out / "sweep.json").exists():
+            shutil.copytree(explore, out, dirs_exist_ok=True)
+        start = time.perf_counter()
+        extension = (budget - args.trials * short) // k
+        swept = sweep(folder / "victim", out, trials=args.trials, iterations=short, extend=extension, extend_top=k,
+                      batch=args.batch, device="cpu", resume=True, progress=False)  # fmt: skip
+        seconds = explore_s + time.perf_counter() - start
+        pooled = evaluate(out, data_root=args.data_root, force=True).metrics
+        extended = [r for r in swept.rows if r["extended"]]
+        alone = [evaluate(r["dir"], data_root=args.data_root, figures=False, force=True).metrics["n_recovered"]
+                 for r in extended]  # fmt: skip
+        rows.append({
+            "victim": name, "method": f"sweep: {args.trials} × {short} it, kkt-best {k} + {extension} it, pooled",
+            "n_recovered": pooled["n_recovered"], "n": pooled["n_train"], "trial_iterations": budget,
+            "seconds": seconds, "extended_trials": [r["number"] for r in extended], "extended_alone": alone,
+            "best_short_trial_oracle": max(oracle), "kkt_best_short_trial": int(np.argmax(kkt)),
+            "spearman_kkt_vs_oracle": spearmanr(kkt, oracle).statistic,
+            "precision_at_10": pooled["attacker"]["precision_at_10"],
+            "precision_at_20": pooled["attacker"]["precision_at_20"],
+            "trial_oracle": oracle, "trial_kkt": kkt,
+        })  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -75,53 +104,43 @@ def main() -> None:
     parser.add_argument("--default-iterations", type=int, default=4000)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--methods", default="winners,sweep", help="winners and/or sweep")
+    parser.add_argument("--extend-top", default="1,2", help="how many kkt-best trials the sweep extends (a list)")
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "results" / "sweeps")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "sweep_vs_winners.json"
     )
     args = parser.parse_args()
     budget = 3 * args.default_iterations
-    rows = []
+    methods = set(args.methods.split(","))
+    # Rows of earlier invocations (other victims or methods) are kept; this one's replace theirs.
+    saved = json.loads(args.out.read_text())["rows"] if args.out.is_file() else []
+    rows: list[dict] = []
     for name in args.victims.split(","):
         dataset, config = VICTIMS[name]
         folder = args.work / name
         start = time.perf_counter()
         train(config, out=folder / "victim", data_root=args.data_root, device="cpu", resume=True, progress=False)
         print(f"{name}: victim in {time.perf_counter() - start:.0f}s", flush=True)
-        for which in (1, 2):
+        for which in (1, 2) if "winners" in methods else ():
             run = folder / f"winner{which}"
-            start = time.perf_counter()
             reconstruct(folder / "victim", winner(dataset, which, iterations=budget, checkpoint_every=1000),
                         out=run, device="cpu", resume=True, progress=False)  # fmt: skip
-            seconds = time.perf_counter() - start
+            seconds = read_json(run / "reconstruction.json")["timings"]["total_s"]  # across resumes
             m = evaluate(run, data_root=args.data_root, force=True).metrics
             rows.append({"victim": name, "method": f"winner {which} alone", "n_recovered": m["n_recovered"],
                          "n": m["n_train"], "trial_iterations": budget, "seconds": seconds})  # fmt: skip
             print(rows[-1], flush=True)
-        start = time.perf_counter()
-        result = sweep(folder / "victim", folder / "sweep", trials=args.trials, iterations=budget // args.trials,
-                       batch=args.batch, device="cpu", resume=(folder / "sweep" / "sweep.json").exists(),
-                       progress=False)  # fmt: skip
-        seconds = time.perf_counter() - start
-        pooled = evaluate(folder / "sweep", data_root=args.data_root, force=True).metrics
-        kkt, oracle = oracle_per_trial(result.rows, args.data_root)
-        rows.append({
-            "victim": name, "method": f"sweep ({args.trials} trials, kkt objective), best pooled",
-            "n_recovered": pooled["n_recovered"], "n": pooled["n_train"], "trial_iterations": budget,
-            "seconds": seconds, "best_trial_oracle": max(oracle),
-            "spearman_kkt_vs_oracle": spearmanr(kkt, oracle).statistic,
-            "precision_at_10": pooled["attacker"]["precision_at_10"],
-            "precision_at_20": pooled["attacker"]["precision_at_20"],
-            "trial_oracle": oracle, "trial_kkt": kkt,
-        })  # fmt: skip
-        print(rows[-1], flush=True)
-        rows.append(explore_then_extend(folder, name, budget, args))
-        print(rows[-1], flush=True)
-        write_json(args.out, {"budget_trial_iterations": budget, "rows": rows})
+        if "sweep" in methods:
+            rows.extend(sweep_rows(folder, name, budget, args))
+            print(rows[-2:], flush=True)
+        done = {(r["victim"], r["method"]) for r in rows}
+        saved = [r for r in saved if (r["victim"], r["method"]) not in done]
+        write_json(args.out, {"budget_trial_iterations": budget, "rows": saved + rows})
     print_table(
         ["victim", "method", "n_recovered", "trial-iterations", "time"],
         [[r["victim"], r["method"], f"{r['n_recovered']} of {r['n']}", r["trial_iterations"],
-          f"{r['seconds'] / 60:.1f} min"] for r in rows],
+          f"{r['seconds'] / 60:.1f} min"] for r in saved + rows],
     )  # fmt: skip
 
 

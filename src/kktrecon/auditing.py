@@ -164,9 +164,11 @@ def audit(
             f"batches of {config.batch} until the budget ({remaining / 60:.1f} min left) is spent",
             highlight=False,
         )
+    # The best trial is extended to three times its length (the budget check charges it up front).
     sweep_config = SweepConfig(
-        trials=config.trials or 10_000, iterations=iterations, batch=config.batch, seed=config.seed, attack=attack
-    )
+        trials=config.trials or 10_000, iterations=iterations, batch=config.batch, seed=config.seed, attack=attack,
+        extend=2 * iterations,
+    )  # fmt: skip
     swept = sweep(
         model,
         out / "sweep",

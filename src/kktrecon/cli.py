@@ -354,8 +354,15 @@ def _fixed(items: list[str]) -> dict[str, Any]:
 def sweep(
     run_dir: Annotated[Path, typer.Argument(help="Victim run directory.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Sweep directory (study.db, trials/, pool/).")],
-    trials: Annotated[int, typer.Option(help="Total number of trials.")] = 24,
-    iterations: Annotated[int, typer.Option(help="Attack iterations per trial.")] = 6000,
+    trials: Annotated[int, typer.Option(help="Total number of trials (the released winners first).")] = 8,
+    iterations: Annotated[int, typer.Option(help="Attack iterations per trial.")] = 750,
+    extend: Annotated[
+        int, typer.Option(help="Iterations added to the best trials once all are done (0: none).")
+    ] = 6000,
+    extend_top: Annotated[int, typer.Option(help="How many of the best trials are extended.")] = 1,
+    warm_start: Annotated[
+        bool, typer.Option(help="Start with the released winners (for the victim's data set) as the first trials.")
+    ] = True,
     batch: Annotated[int, typer.Option(help="Trials that advance together as one program (K).")] = 8,
     sampler: Annotated[str, typer.Option(help="random (the reference's) or tpe.")] = "random",
     objective: Annotated[
@@ -380,8 +387,10 @@ def sweep(
 ) -> None:
     """Sweep the attack's hyperparameters on a victim; score trials without (or, for research, with) the training set.
 
-    Each trial is an ordinary reconstruction directory under OUT/trials/; the best trials are pooled
-    into OUT/pool (evaluate it with `kktrecon evaluate OUT`). A killed sweep continues with --resume.
+    Short trials explore (the released winners first), then the best are extended: by default
+    8 × 750 + 6,000 = 12,000 trial-iterations, the budget of three 4,000-iteration runs. Each trial
+    is an ordinary reconstruction directory under OUT/trials/; the best trials are pooled into
+    OUT/pool (evaluate it with `kktrecon evaluate OUT`). A killed sweep continues with --resume.
     """
     from kktrecon.attack import ReconstructionConfig
     from kktrecon.sweeps import OFFICIAL_SPACE, SweepConfig
@@ -394,7 +403,7 @@ def sweep(
         attack = ReconstructionConfig(candidates=candidates, **fixed)
         config = SweepConfig(
             trials=trials, iterations=iterations, batch=batch, sampler=sampler, objective=objective, seed=seed,
-            space=swept, attack=attack,
+            space=swept, attack=attack, extend=extend, extend_top=extend_top, warm_start=warm_start,
         )  # fmt: skip
         result = run_sweep(run_dir, out_dir, config, data_root=data_root, backend=backend, address=address,
                            budget_s=_duration(budget), device=device, resume=resume, force=force)  # fmt: skip
@@ -408,12 +417,13 @@ def _print_sweep(result: Any, objective: str) -> None:
         "oracle: n_recovered (research only)" if objective == "oracle" else "kkt: −stationarity residual (oracle-free)"
     )
     table = Table(title=f"{len(result.rows)} trials in {result.seconds / 60:.1f} min · objective: {label}")
-    for column in ("trial", "state", "value", "kkt score", "init_scale", "lr", "lambda_min", "alpha"):
+    for column in ("trial", "state", "iterations", "value", "kkt score", "init_scale", "lr", "lambda_min", "alpha"):
         table.add_column(column, justify="right")
     for r in sorted(result.rows, key=lambda r: -(r["value"] or -1.0)):
         p = r["params"]
+        iterations = f"{r['iterations']}{' (extended)' if r['extended'] else ''}" if r.get("iterations") else "—"
         table.add_row(
-            str(r["number"]), r["state"], _num(r["value"]), _num(r["kkt_score"]),
+            str(r["number"]), r["state"], iterations, _num(r["value"]), _num(r["kkt_score"]),
             *(_num(p.get(k)) for k in ("init_scale", "lr", "lambda_min", "alpha")),
         )  # fmt: skip
     out.print(table)

@@ -17,7 +17,7 @@ from kktrecon.errors import RunDirectoryExistsError, RunStateError
 from kktrecon.sweeps import SweepConfig, sweep
 from kktrecon.training import TrainConfig, train
 
-SMALL = dict(iterations=20, batch=2, progress=False, device="cpu")
+SMALL = dict(iterations=20, batch=2, extend=0, progress=False, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ def test_the_oracle_objective_counts_recovered_images(victim, tmp_path) -> None:
 _KILLED_SWEEP = """
 import sys
 from kktrecon.sweeps import sweep
-sweep(sys.argv[1], sys.argv[2], trials=6, batch=2, iterations=400, checkpoint_every=20, progress=False, device="cpu")
+sweep(sys.argv[1], sys.argv[2], trials=6, batch=2, iterations=400, extend=100, checkpoint_every=20, progress=False,
+      device="cpu")
 """
 
 
@@ -86,14 +87,79 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_trial(victim, tmp_
     from kktrecon.runs import load_state
 
     cut = load_state(second)[1]["iteration"]
-    result = sweep(victim, out, trials=6, batch=2, iterations=400, checkpoint_every=20, resume=True, progress=False,
-                   device="cpu")  # fmt: skip
+    result = sweep(victim, out, trials=6, batch=2, iterations=400, extend=100, checkpoint_every=20, resume=True,
+                   progress=False, device="cpu")  # fmt: skip
     assert sorted(r["number"] for r in result.rows) == [0, 1, 2, 3, 4, 5]
     assert all(r["state"] == "COMPLETE" for r in result.rows)
-    assert [p.stat().st_mtime_ns for p in first] == stamps  # finished trials were not run again
+    extended = {r["number"] for r in result.rows if r["extended"]}
+    kept = [i for i in (0, 1) if i not in extended]  # the extended trial's files are rewritten by its extension
+    assert [first[i].stat().st_mtime_ns for i in kept] == [stamps[i] for i in kept]  # finished trials not run again
     history = json.loads((out / "trials" / "0002" / "reconstruction.json").read_text())["loss_history"]
     assert 0 < cut < 400 and [h["iteration"] for h in history] == list(range(0, 400, 8))  # resumed, not restarted
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"000{i}" for i in range(6)]
+    assert sum(r["extended"] for r in result.rows) == 1 and sorted(r["iterations"] for r in result.rows)[-1] == 500
+
+
+def test_the_released_winners_are_the_first_trials(victim, tmp_path) -> None:
+    from kktrecon.attack.released import WINNERS
+
+    rows = sweep(victim, tmp_path / "warm", trials=3, **SMALL).rows
+    assert [tuple(r["params"][k] for k in ("init_scale", "lr", "lambda_min", "alpha")) for r in rows[:2]] == list(
+        WINNERS["mnist"]
+    )  # the victim was trained on MNIST: its data set's two winners
+    assert rows[2]["params"] != rows[0]["params"] and rows[2]["params"] != rows[1]["params"]
+    cold = sweep(victim, tmp_path / "cold", trials=2, warm_start=False, **SMALL).rows
+    assert all(tuple(r["params"].values()) not in WINNERS["mnist"] for r in cold)
+    # A swept range that excludes a winner's setting skips that winner instead of leaving the space.
+    from kktrecon.sweeps import Parameter
+
+    narrow = (Parameter("init_scale", 1e-3, 1e-2, log=True), Parameter("lr", 1e-2, 1.0, log=True))
+    rows = sweep(victim, tmp_path / "narrow", trials=2, space=narrow, **SMALL).rows
+    assert rows[0]["params"] == {"init_scale": 0.00174, "lr": 0.282}  # winner 2 only (winner 1: init 0.035)
+    assert rows[1]["params"] not in ({"init_scale": 0.035, "lr": 0.0305},)
+
+
+def test_the_best_trial_is_extended_as_if_it_had_run_longer(victim, tmp_path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from kktrecon.attack import reconstruct
+    from kktrecon.sweeps.selection import trial_score
+
+    out = tmp_path / "sweep"
+    result = sweep(victim, out, trials=3, **{**SMALL, "extend": 30})
+    best = max(result.rows, key=lambda r: r["kkt_score"])
+    assert [r["extended"] for r in result.rows].count(True) == 1 and best["extended"]
+    assert best["iterations"] == 50 and {r["iterations"] for r in result.rows if not r["extended"]} == {20}
+    manifest = json.loads((Path(best["dir"]) / "reconstruction.json").read_text())
+    assert best["value"] == pytest.approx(trial_score(manifest))  # scored after its extension
+    config = SweepConfig(**{k: v for k, v in SMALL.items() if k in ("iterations", "batch")}, extend=30)
+    alone = reconstruct(victim, config.trial_config(best["number"], best["params"], extended=True), device="cpu",
+                        progress=False)  # fmt: skip
+    extended = load_file(Path(best["dir"]) / "candidates.safetensors")
+    # One 50-iteration run of the ordinary engine, up to float32 rounding (the batch takes the Gram form).
+    torch.testing.assert_close(extended["x"], alone.x.to(extended["x"].dtype), rtol=1e-4, atol=1e-6)
+    stamp = (Path(best["dir"]) / "candidates.safetensors").stat().st_mtime_ns
+    again = sweep(victim, out, trials=3, resume=True, **{**SMALL, "extend": 30})
+    assert [r["iterations"] for r in again.rows] == [r["iterations"] for r in result.rows]  # extended once
+    assert (Path(best["dir"]) / "candidates.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_the_pool_keeps_near_duplicates_after_the_distinct_candidates(victim, tmp_path) -> None:
+    out = tmp_path / "sweep"
+    sweep(victim, out, trials=3, **SMALL)
+    from kktrecon.sweeps import pool_sweep
+
+    loose = pool_sweep(out)  # the sweep's tau
+    total = sum(json.loads((out / "trials" / f"000{i}" / "reconstruction.json").read_text())["candidates"]
+                for i in range(3))  # fmt: skip
+    assert len(loose.x) == total  # nothing dropped
+    distinct = loose.duplicate_of < 0
+    n = int(distinct.sum())
+    assert bool(distinct[:n].all()) and not bool(distinct[n:].any())  # the distinct ones first
+    assert bool((loose.duplicate_of[n:] < n).all())  # a near-duplicate points at a distinct one before it
+    ranking = json.loads((out / "pool" / "ranking.json").read_text())["candidates"]
+    assert [c["duplicate_of"] is None for c in ranking] == distinct.tolist()
 
 
 def test_the_ray_backend_runs_trials_as_tasks_on_a_local_instance(victim, tmp_path) -> None:
@@ -112,7 +178,42 @@ def test_sweep_settings_are_validated() -> None:
         SweepConfig(sampler="grid")
     with pytest.raises(ValueError, match="`objective`"):
         SweepConfig(objective="accuracy")
+    with pytest.raises(ValueError, match="`extend`"):
+        SweepConfig(extend=-1)
+    with pytest.raises(ValueError, match="`extend_top`"):
+        SweepConfig(extend_top=0)
     from kktrecon.sweeps import Parameter
 
     with pytest.raises(ValueError, match="ReconstructionConfig has"):
         Parameter("learning_rate", 1e-3, 1e-1)
+
+
+def test_duplicates_point_at_the_first_candidate_in_order_within_tau() -> None:
+    import torch
+
+    from kktrecon.sweeps.selection import duplicates
+
+    base = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = torch.cat([base, base[:1] + 1e-4, base[1:2] * 2.0])  # 3: near 0; 4: 1 rescaled (NCC ignores scale)
+    order = torch.tensor([4, 0, 1, 2, 3])
+    assert duplicates(x, order, tau=0.05).tolist() == [0, 4, 2, 0, 4]
+    assert duplicates(x, order, tau=0.0).tolist() == [0, 1, 2, 3, 4]  # tau 0: every candidate distinct
+
+
+def test_the_command_line_sweeps_then_extends_the_best_trial(victim, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from kktrecon.cli import app
+
+    out = tmp_path / "s"
+    args = ["sweep", str(victim), "--out", str(out), "--trials", "3", "--iterations", "10", "--batch", "3",
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--extend", "5"], env={"COLUMNS": "200"})  # the table unwrapped
+    assert result.exit_code == 0, result.output
+    assert "15 (extended)" in result.output and "kkt: −stationarity residual (oracle-free)" in result.output
+    rows = json.loads((out / "results.json").read_text())["trials"]
+    assert sorted(r["iterations"] for r in rows) == [10, 10, 15]
+    more = CliRunner().invoke(app, [*args, "--extend", "8", "--extend-top", "2", "--resume"])
+    assert more.exit_code == 0, more.output  # a finished sweep extended further on resume
+    rows = json.loads((out / "results.json").read_text())["trials"]
+    assert sorted(r["iterations"] for r in rows) == [10, 18, 18]

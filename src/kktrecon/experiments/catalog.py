@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.attack.released import WINNERS, winner
 from kktrecon.data import DataConfig
 from kktrecon.demo import DemoConfig
 from kktrecon.errors import ConfigError
@@ -21,19 +21,6 @@ from kktrecon.registry import Registry
 from kktrecon.training import TrainConfig
 
 __all__ = ["EXPERIMENTS", "WINNERS"]
-
-#: The reference sweep's released winners (init_scale, lr, λ_min, α), by data set.
-WINNERS: dict[str, tuple[tuple[float, float, float, float], ...]] = {
-    "mnist": ((0.035, 0.0305, 0.447, 150.0), (0.00174, 0.282, 0.415, 19.2)),
-    "cifar10": ((8.9e-4, 0.555, 0.498, 19.1), (4.5e-3, 0.346, 0.494, 21.7)),
-}
-
-
-def winner(dataset: str, which: int = 1, **fields: object) -> ReconstructionConfig:
-    """A released winner (1 or 2) as an attack config, with ``fields`` replaced."""
-    init_scale, lr, lambda_min, alpha = WINNERS[dataset][which - 1]
-    base = ReconstructionConfig(init_scale=init_scale, lr=lr, lambda_min=lambda_min, alpha=alpha)
-    return dataclasses.replace(base, **fields)
 
 
 def victim(dataset: str = "mnist", task: str = "odd-even", per_class: int = 10, **fields: object) -> TrainConfig:

@@ -9,7 +9,7 @@ What lives here:
   program (:mod:`kktrecon.attack.batched`).
 - ``selection.py``: oracle-free evidence per candidate (agreement between trials, margin, λ) and
   the ``kkt`` trial score.
-- ``pooling.py``: the top trials' candidates pooled, deduplicated and ranked as an attacker would.
+- ``pooling.py``: the top trials' candidates pooled and ranked as an attacker would, distinct ones first.
 
 What does not: the attack itself (``kktrecon.attack``) and the oracle verdict
 (``kktrecon.evaluation``), which sweeps call but never replace.

@@ -30,7 +30,7 @@ from kktrecon.attack.objectives import Objective
 from kktrecon.evaluation.matching import ncc_distance
 from kktrecon.evaluation.outputs import forward_chunked
 
-__all__ = ["Features", "candidate_features", "dedupe", "on_the_margin", "rank", "trial_score"]
+__all__ = ["Features", "candidate_features", "duplicates", "on_the_margin", "rank", "trial_score"]
 
 
 @dataclass(frozen=True)
@@ -101,14 +101,21 @@ def rank(features: Features) -> Tensor:
     return torch.argsort(features.score, descending=True, stable=True)
 
 
-def dedupe(x: Tensor, order: Tensor, *, tau: float = 0.4, downsample: int = 1) -> Tensor:
-    """Walk ``order`` and keep a candidate only when no kept one lies within ``tau`` of it."""
+def duplicates(x: Tensor, order: Tensor, *, tau: float = 0.4, downsample: int = 1) -> Tensor:
+    """For each candidate, the first candidate in ``order`` within ``tau`` of it (itself when none is).
+
+    Walking ``order``, a candidate no earlier representative lies within ``tau`` of becomes one.
+    Candidates pointing at themselves are the distinct ones an attacker looks at first.
+    """
     dist = _distances(x.detach(), downsample).cpu()
+    representative = torch.full((len(x),), -1, dtype=torch.int64)
     kept: list[int] = []
     for i in order.tolist():
-        if not kept or bool((dist[i, kept] >= tau).all()):
+        near = [j for j in kept if float(dist[i, j]) < tau] if kept else []
+        representative[i] = near[0] if near else i
+        if not near:
             kept.append(i)
-    return torch.tensor(kept, dtype=torch.int64)
+    return representative
 
 
 def trial_score(manifest: dict) -> float:

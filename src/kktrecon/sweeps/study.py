@@ -7,6 +7,12 @@ training set, an oracle no attacker has. Here the sweep's objective is oracle-fr
 ``oracle`` objective (recovered training images, :mod:`kktrecon.evaluation.verdict`) is for research
 only and labelled so everywhere.
 
+A sweep spends its budget in two phases (measured in benchmarks/sweep_vs_winners.py): short trials
+explore the space, starting with the released winners (:mod:`kktrecon.attack.released`), then the
+best trials by the sweep's objective are extended with the rest of the budget (a trial resumes from
+its final checkpoint, bit-identically to a longer run). Short trials rank settings well but do not
+finish: a good setting needs thousands of iterations to bring its candidates in.
+
 A sweep directory holds ``sweep.json`` (config, victim, versions), ``study.db`` (Optuna's RDB
 storage, so a killed sweep resumes where it stopped and several workers can share it) and
 ``trials/NNNN/``, one reconstruction directory per trial. Trials advance K at a time as one
@@ -62,6 +68,8 @@ STUDY_FILE = "study.db"
 TRIALS_DIR = "trials"
 RESULTS_FILE = "results.json"
 ERROR_FILE = "error.txt"  # why a trial failed (its loss diverged)
+#: What a resumed sweep may change: more trials, a longer or wider extension (a run grows, never shrinks).
+FREE_ON_RESUME = ("trials", "extend", "extend_top")
 
 
 @dataclass(frozen=True)
@@ -125,10 +133,16 @@ class SweepConfig:
         attack: the other attack settings, shared by all trials (candidates, dtype, objective, …).
         tau: NCC distance under which two candidates of different trials agree (``kkt`` objective).
         checkpoint_every: iterations between a trial's checkpoints.
+        extend: iterations added to each of the ``extend_top`` best trials once all trials are done
+            (0: none). The default sweep spends 8 × 750 + 6,000 = 12,000 trial-iterations, three
+            4,000-iteration runs.
+        extend_top: how many of the best trials are extended.
+        warm_start: the released winners of the victim's data set (all of them for an unknown one)
+            are the first trials.
     """
 
-    trials: int = 24
-    iterations: int = 6000
+    trials: int = 8
+    iterations: int = 750
     batch: int = 8
     sampler: str = "random"
     objective: str = "kkt"
@@ -137,6 +151,9 @@ class SweepConfig:
     attack: ReconstructionConfig = field(default_factory=ReconstructionConfig)
     tau: float = 0.4
     checkpoint_every: int = 1000
+    extend: int = 6000
+    extend_top: int = 1
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         check_int("trials", self.trials, low=1)
@@ -144,6 +161,8 @@ class SweepConfig:
         check_int("batch", self.batch, low=1)
         check_int("seed", self.seed, low=0)
         check_int("checkpoint_every", self.checkpoint_every, low=0)
+        check_int("extend", self.extend, low=0)
+        check_int("extend_top", self.extend_top, low=1)
         check_number("tau", self.tau, low=0, low_open=True)
         SAMPLERS.get_entry(self.sampler)
         if self.objective not in SWEEP_OBJECTIVES:
@@ -152,12 +171,12 @@ class SweepConfig:
         if len(set(names)) != len(names):
             raise ConfigError(f"Expected each swept parameter once. Got {names}.")
 
-    def trial_config(self, number: int, params: Mapping[str, float]) -> ReconstructionConfig:
-        """The attack config of trial ``number`` with the sampled ``params``."""
-        log_every = max(1, self.iterations // 50)
+    def trial_config(self, number: int, params: Mapping[str, float], *, extended: bool = False) -> ReconstructionConfig:
+        """The attack config of trial ``number`` with the sampled ``params`` (``extended``: after its extension)."""
+        log_every = max(1, self.iterations // 50)  # the same before and after an extension (a resume keeps it)
         return dataclasses.replace(
-            self.attack, iterations=self.iterations, seed=self.seed + number, checkpoint_every=self.checkpoint_every,
-            log_every=log_every, **params,
+            self.attack, iterations=self.iterations + (self.extend if extended else 0), seed=self.seed + number,
+            checkpoint_every=self.checkpoint_every, log_every=log_every, **params,
         )  # fmt: skip
 
 
@@ -189,6 +208,7 @@ class SweepVictim:
     input_shape: tuple[int, ...]
     objective: str | None
     downsample: int = 1
+    dataset: str | None = None
 
     @classmethod
     def of(cls, victim: str | Path | nn.Module, input_shape: tuple[int, ...] | None = None) -> SweepVictim:
@@ -200,8 +220,9 @@ class SweepVictim:
             downsample = 2 if len(shape) == 3 and min(shape[1:]) >= 32 else 1
             return cls(None, victim, weights_fingerprint(victim), tuple(shape), None, downsample)
         model, manifest = load_checkpoint(victim)
+        dataset = (manifest.get("data") or {}).get("dataset")
         return cls(Path(victim), model, weights_fingerprint(model), tuple(model.config.input_shape),
-                   manifest.get("objective"), _downsample(manifest))  # fmt: skip
+                   manifest.get("objective"), _downsample(manifest), dataset)  # fmt: skip
 
     @property
     def target(self) -> str | nn.Module:
@@ -241,7 +262,7 @@ def sweep(
         pool_top: how many of the best trials to pool into ``SWEEP_DIR/pool`` at the end.
         device: where trials run (``auto``: CUDA when present).
         resume: continue a sweep in ``out``: trials of a killed run are resumed from their checkpoints
-            and told once, never run twice; ``trials`` may be raised.
+            and told once, never run twice; ``trials``, ``extend`` and ``extend_top`` may be raised.
         force: delete an existing sweep in ``out`` first.
         progress: show progress bars.
 
@@ -266,12 +287,17 @@ def sweep(
     )  # fmt: skip
     scorer = _Scorer(out, config, data_root=data_root, device=device)
     start = time.perf_counter()
+    if config.warm_start and not study.get_trials(deepcopy=False):
+        for params in _released(config, target)[: config.trials]:
+            study.enqueue_trial(params)
     stale = _stale_trials(study, out)
     for i in range(0, len(stale), config.batch):
         _run(study, runner, scorer, config, target, out, [stale[i : i + config.batch]])
     round_seconds: list[float] = []
+    stopped = False
     while (remaining := config.trials - _counted(study)) > 0:
-        if budget_s is not None and round_seconds and time.perf_counter() - start + max(round_seconds) > budget_s:
+        if budget_s is not None and _out_of_time(budget_s - (time.perf_counter() - start), round_seconds, config):
+            stopped = True
             break
         batches = []
         for _ in range(runner.slots):
@@ -281,13 +307,26 @@ def sweep(
         t0 = time.perf_counter()
         _run(study, runner, scorer, config, target, out, batches)
         round_seconds.append(time.perf_counter() - t0)
-    rows = scorer.finalise(study)
+    extended = _extend(study, runner, scorer, config, target, out) if config.extend and not stopped else {}
+    rows = scorer.finalise(study, extended)
     atomic_write_json(out / RESULTS_FILE, {"objective": config.objective, "trials": rows})
     if any(r["state"] == "COMPLETE" for r in rows):
         from kktrecon.sweeps.pooling import write_pool
 
         write_pool(out, target, top=pool_top)
     return SweepResult(out=out, rows=rows, seconds=time.perf_counter() - start)
+
+
+def _out_of_time(left_s: float, round_seconds: list[float], config: SweepConfig) -> bool:
+    """Whether one more round of trials and the extension would overrun the time left.
+
+    The extension is charged as one more round per ``iterations`` it adds (an overestimate: a batch
+    of ``extend_top`` trials is faster than a full round).
+    """
+    if not round_seconds:
+        return False
+    longest = max(round_seconds)
+    return longest * (1 + config.extend / config.iterations) > left_s
 
 
 def _downsample(manifest: dict[str, Any]) -> int:
@@ -329,11 +368,13 @@ def _open_sweep(victim: SweepVictim, out: Path, config: SweepConfig, *, resume: 
         saved = read_json(manifest)
         if saved.get("fingerprint") != record["fingerprint"]:
             raise RunStateError(f"Cannot resume {out}: it sweeps another victim ({saved.get('victim')}).")
-        before = {k: v for k, v in saved.get("config", {}).items() if k != "trials"}
-        now = {k: v for k, v in record["config"].items() if k != "trials"}
+        before = {k: v for k, v in saved.get("config", {}).items() if k not in FREE_ON_RESUME}
+        now = {k: v for k, v in record["config"].items() if k not in FREE_ON_RESUME}
         if before != now:
             differs = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise RunStateError(f"Cannot resume {out}: its config differs in {differs}; only `trials` may change.")
+            raise RunStateError(
+                f"Cannot resume {out}: its config differs in {differs}; only {list(FREE_ON_RESUME)} may change."
+            )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, record)
     return out
@@ -345,8 +386,10 @@ def load_sweep_config(out: str | Path) -> SweepConfig:
 
 
 def _counted(study: Any) -> int:
-    """Trials that count towards the total: finished ones and those some live worker is running."""
-    return len(study.get_trials(deepcopy=False))
+    """Trials that count towards the total: finished ones and those some worker is running (not enqueued ones)."""
+    import optuna
+
+    return sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def _distribution(p: Parameter) -> Any:
@@ -361,6 +404,46 @@ def _ask(study: Any, config: SweepConfig, out: Path) -> Any:
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
     return trial
+
+
+def _released(config: SweepConfig, victim: SweepVictim) -> list[dict[str, float]]:
+    """The released winners as first trials: their swept parameters, where they lie in the space."""
+    from kktrecon.attack.released import released_params
+
+    space = {p.name: p for p in config.space}
+    found = []
+    for params in released_params(victim.dataset):
+        inside = {k: v for k, v in params.items() if k in space}
+        if inside and all(space[k].low <= v <= space[k].high for k, v in inside.items()):
+            found.append(inside)
+    return found
+
+
+def _extend(
+    study: Any, runner: Any, scorer: _Scorer, config: SweepConfig, victim: SweepVictim, out: Path
+) -> dict[int, float | None]:
+    """Extend the best ``extend_top`` trials by ``extend`` iterations; their new values (None: it diverged).
+
+    Idempotent: a trial extended before (a resumed sweep) is returned from its files, one
+    interrupted during its extension resumes from its checkpoint.
+    """
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    best = sorted(done, key=lambda t: t.value, reverse=True)[: config.extend_top]
+    if not best:
+        return {}
+    configs = [config.trial_config(t.number, t.params, extended=True) for t in best]
+    dirs = [out / t.user_attrs["dir"] for t in best]
+    (errors,) = runner.run(victim.target, [(configs, dirs)], resume=True, input_shape=victim.input_shape)
+    values: dict[int, float | None] = {}
+    good = [(t, d) for t, d, e in zip(best, dirs, errors, strict=True) if e is None]
+    for t, d, e in zip(best, dirs, errors, strict=True):
+        if e is not None:
+            atomic_write_text(d / ERROR_FILE, f"extension to {configs[0].iterations} iterations: {e}\n")
+            values[t.number] = None
+    values.update({t.number: v for (t, _), v in zip(good, scorer.score([d for _, d in good]), strict=True)})
+    return values
 
 
 def _stale_trials(study: Any, out: Path, grace_s: float = 900.0) -> list[Any]:
@@ -449,16 +532,18 @@ class _Scorer:
         result = evaluate(rec_dir, data_root=self.data_root, device="cpu", figures=False, force=True)
         return int(result.metrics.get("n_recovered") or 0)
 
-    def finalise(self, study: Any) -> list[dict[str, Any]]:
-        """One row per trial: its value by the sweep's objective and its oracle-free score."""
+    def finalise(self, study: Any, extended: Mapping[int, float | None]) -> list[dict[str, Any]]:
+        """One row per trial: its value by the sweep's objective (after its extension, if any) and its kkt score."""
         rows = []
         for t in study.get_trials(deepcopy=False):
             folder = (self.out / t.user_attrs.get("dir", "")).resolve()
-            value = t.value if t.value is not None and math.isfinite(t.value) else None
-            manifest = folder / RECONSTRUCTION_FILE
-            kkt = trial_score(read_json(manifest)) if manifest.is_file() else None
+            value = extended.get(t.number, t.value)
+            manifest = read_json(folder / RECONSTRUCTION_FILE) if (folder / RECONSTRUCTION_FILE).is_file() else {}
+            kkt = trial_score(manifest) if manifest else None
             rows.append({
-                "number": t.number, "state": t.state.name, "value": value, "params": t.params, "dir": str(folder),
-                "kkt_score": kkt if kkt is not None and math.isfinite(kkt) else None, "error": _error(folder),
+                "number": t.number, "state": t.state.name, "value": value if value is not None and math.isfinite(value)
+                else None, "params": t.params, "dir": str(folder), "iterations": manifest.get("iterations"),
+                "extended": t.number in extended, "kkt_score": kkt if kkt is not None and math.isfinite(kkt) else None,
+                "error": _error(folder),
             })  # fmt: skip
         return rows
