@@ -217,3 +217,14 @@ def test_the_command_line_sweeps_then_extends_the_best_trial(victim, tmp_path) -
     assert more.exit_code == 0, more.output  # a finished sweep extended further on resume
     rows = json.loads((out / "results.json").read_text())["trials"]
     assert sorted(r["iterations"] for r in rows) == [10, 18, 18]
+
+
+def test_a_budget_stops_the_trials_but_keeps_the_extension(victim, tmp_path) -> None:
+    from kktrecon.sweeps.study import _out_of_time
+
+    config = SweepConfig(iterations=100, extend=200, extend_top=1, batch=8)
+    # One more 10-second round, then the extension charged at half a round per 100 iterations: 20 s.
+    assert _out_of_time(19.0, [10.0], config) and not _out_of_time(21.0, [10.0], config)
+    assert not _out_of_time(0.0, [], config)  # the first round always runs
+    rows = sweep(victim, tmp_path / "s", trials=20, budget_s=1e-3, **{**SMALL, "extend": 10}).rows
+    assert len(rows) == 2 and [r["iterations"] for r in rows].count(30) == 1  # one round, then the extension
