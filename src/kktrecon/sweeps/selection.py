@@ -111,9 +111,9 @@ def duplicates(x: Tensor, order: Tensor, *, tau: float = 0.4, downsample: int = 
     representative = torch.full((len(x),), -1, dtype=torch.int64)
     kept: list[int] = []
     for i in order.tolist():
-        near = [j for j in kept if float(dist[i, j]) < tau] if kept else []
-        representative[i] = near[0] if near else i
-        if not near:
+        near = (dist[i, kept] < tau).nonzero().flatten()
+        representative[i] = kept[int(near[0])] if len(near) else i
+        if not len(near):
             kept.append(i)
     return representative
 

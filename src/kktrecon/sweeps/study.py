@@ -222,7 +222,7 @@ class SweepVictim:
         model, manifest = load_checkpoint(victim)
         dataset = (manifest.get("data") or {}).get("dataset")
         return cls(Path(victim), model, weights_fingerprint(model), tuple(model.config.input_shape),
-                   manifest.get("objective"), _downsample(manifest), dataset)  # fmt: skip
+                   manifest.get("objective"), _downsample(dataset), dataset)  # fmt: skip
 
     @property
     def target(self) -> str | nn.Module:
@@ -330,11 +330,10 @@ def _out_of_time(left_s: float, round_seconds: list[float], config: SweepConfig)
     return longest * (1 + share * config.extend / config.iterations) > left_s
 
 
-def _downsample(manifest: dict[str, Any]) -> int:
+def _downsample(dataset: str | None) -> int:
     from kktrecon.data import DATASETS  # the matching resolution of the victim's data set (no data is read)
 
-    name = (manifest.get("data") or {}).get("dataset")
-    return int(DATASETS[name].match_downsample) if name in DATASETS else 1
+    return int(DATASETS[dataset].match_downsample) if dataset in DATASETS else 1
 
 
 def _optuna() -> Any:
@@ -430,21 +429,15 @@ def _extend(
     """
     import optuna
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     best = sorted(done, key=lambda t: t.value, reverse=True)[: config.extend_top]
     if not best:
         return {}
     configs = [config.trial_config(t.number, t.params, extended=True) for t in best]
     dirs = [out / t.user_attrs["dir"] for t in best]
     (errors,) = runner.run(victim.target, [(configs, dirs)], resume=True, input_shape=victim.input_shape)
-    values: dict[int, float | None] = {}
-    good = [(t, d) for t, d, e in zip(best, dirs, errors, strict=True) if e is None]
-    for t, d, e in zip(best, dirs, errors, strict=True):
-        if e is not None:
-            atomic_write_text(d / ERROR_FILE, f"extension to {configs[0].iterations} iterations: {e}\n")
-            values[t.number] = None
-    values.update({t.number: v for (t, _), v in zip(good, scorer.score([d for _, d in good]), strict=True)})
-    return values
+    values = _outcomes(scorer, dirs, errors, what=f"extension to {configs[0].iterations} iterations: ")
+    return {t.number: v for t, v in zip(best, values, strict=True)}
 
 
 def _stale_trials(study: Any, out: Path, grace_s: float = 900.0) -> list[Any]:
@@ -500,14 +493,25 @@ def _run(
     trials = [t for b in batches for t in b]
     outs = [o for _, job_outs in jobs for o in job_outs]
     errors = [e for batch_errors in results for e in batch_errors]
-    for t, folder, error in zip(trials, outs, errors, strict=True):
+    for t, value in zip(trials, _outcomes(scorer, outs, errors), strict=True):
+        if value is None:
+            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        else:
+            study.tell(t.number, value, skip_if_finished=True)
+
+
+def _outcomes(scorer: _Scorer, folders: list[Path], errors: list[str | None], *, what: str = "") -> list[float | None]:
+    """Each run's value by the sweep's objective, or None where it failed (the reason kept in its folder)."""
+    for folder, error in zip(folders, errors, strict=True):
         if error is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(folder / ERROR_FILE, error + "\n")
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-    good = [(t, o) for t, o, e in zip(trials, outs, errors, strict=True) if e is None]
-    for (t, _), value in zip(good, scorer.score([o for _, o in good]), strict=True):
-        study.tell(t.number, value, skip_if_finished=True)
+            atomic_write_text(folder / ERROR_FILE, f"{what}{error}\n")
+    scores = iter(scorer.score([f for f, e in zip(folders, errors, strict=True) if e is None]))
+    return [None if e is not None else next(scores) for e in errors]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _error(folder: Path) -> str | None:
@@ -538,13 +542,11 @@ class _Scorer:
         rows = []
         for t in study.get_trials(deepcopy=False):
             folder = (self.out / t.user_attrs.get("dir", "")).resolve()
-            value = extended.get(t.number, t.value)
             manifest = read_json(folder / RECONSTRUCTION_FILE) if (folder / RECONSTRUCTION_FILE).is_file() else {}
-            kkt = trial_score(manifest) if manifest else None
             rows.append({
-                "number": t.number, "state": t.state.name, "value": value if value is not None and math.isfinite(value)
-                else None, "params": t.params, "dir": str(folder), "iterations": manifest.get("iterations"),
-                "extended": t.number in extended, "kkt_score": kkt if kkt is not None and math.isfinite(kkt) else None,
+                "number": t.number, "state": t.state.name, "value": _finite(extended.get(t.number, t.value)),
+                "params": t.params, "dir": str(folder), "iterations": manifest.get("iterations"),
+                "extended": t.number in extended, "kkt_score": _finite(trial_score(manifest) if manifest else None),
                 "error": _error(folder),
             })  # fmt: skip
         return rows
