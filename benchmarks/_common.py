@@ -13,7 +13,7 @@ def run_meta(device: Any) -> dict[str, Any]:
 
     import torch
 
-    from kktrecon.runs import package_versions
+    from kktrecon.files import package_versions
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),

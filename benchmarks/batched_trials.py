@@ -24,8 +24,8 @@ from rich.table import Table
 from _common import run_meta, write_json
 from kktrecon.attack import ReconstructionConfig, reconstruct
 from kktrecon.attack.batched import reconstruct_batch
-from kktrecon.models import ModelConfig, build_model
-from kktrecon.runs import resolve_device
+from kktrecon.devices import resolve_device
+from kktrecon.models import MLPConfig, build_model
 
 WIDTHS = (784, 1000, 1000, 1)
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/batched_trials.json")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    model = build_model(ModelConfig(input_shape=(WIDTHS[0],), hidden=WIDTHS[1:-1]), device=device)
+    model = build_model(MLPConfig(input_shape=(WIDTHS[0],), hidden=WIDTHS[1:-1]), device=device)
     forward_flops = 2 * sum(a * b for a, b in itertools.pairwise(WIDTHS))
     rows = []
     for k in (int(v) for v in args.ks.split(",")):

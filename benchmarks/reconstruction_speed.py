@@ -21,8 +21,8 @@ from rich.table import Table
 
 from _common import run_meta, write_json
 from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state
-from kktrecon.models import ModelConfig, build_model, with_modified_relu
-from kktrecon.runs import resolve_device
+from kktrecon.devices import resolve_device
+from kktrecon.models import MLPConfig, build_model, with_modified_relu
 
 
 def _sync(device: torch.device) -> None:
@@ -49,7 +49,7 @@ def iteration_ms(
     widths: list[int], m: int, dtype: torch.dtype, device: torch.device, warmup: int = 2, repeats: int = 5
 ) -> float:
     """Median wall time of one attack iteration (loss, gradients for x and λ, two SGD steps)."""
-    config = ModelConfig(input_shape=(widths[0],), hidden=tuple(widths[1:-1]))
+    config = MLPConfig(input_shape=(widths[0],), hidden=tuple(widths[1:-1]))
     model = with_modified_relu(build_model(config, device=device, dtype=dtype), 150.0)
     cfg = ReconstructionConfig()
     x, lam, y, _ = initial_state(config.input_shape, cfg, m, device=device, dtype=dtype)

@@ -19,7 +19,7 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from _common import print_table, write_json
-from kktrecon.evaluation import evaluate
+from kktrecon.pipelines import evaluate
 from kktrecon.sweeps import sweep
 from kktrecon.training import train
 from sweep_vs_winners import VICTIMS, oracle_per_trial

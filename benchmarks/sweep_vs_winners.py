@@ -31,9 +31,9 @@ from scipy.stats import spearmanr
 from _common import print_table, write_json
 from kktrecon.attack import reconstruct
 from kktrecon.attack.released import winner
-from kktrecon.evaluation import evaluate
 from kktrecon.experiments.catalog import victim as recipe
-from kktrecon.runs import read_json
+from kktrecon.files import read_json
+from kktrecon.pipelines import evaluate
 from kktrecon.sweeps import sweep
 from kktrecon.training import train
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import importlib
 import json
-import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +22,15 @@ MAX_FUNCTION_LINES = 80
 
 
 def _modules() -> list[str]:
-    names = ["kktrecon"]
-    for info in pkgutil.walk_packages([str(PACKAGE)], prefix="kktrecon."):
-        if info.name != "kktrecon.__main__":
-            names.append(info.name)
+    """Every module of the package, found on disk: importing nothing, a broken import cannot hide one."""
+    names = []
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if not all((PACKAGE.parent.joinpath(*parts[:i]) / "__init__.py").is_file() for i in range(1, len(parts))):
+            continue  # not inside a package (data files)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name != "kktrecon.__main__":
+            names.append(name)
     return sorted(names)
 
 
@@ -36,12 +40,16 @@ def _source(module: str) -> Path:
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def _imports(module: str) -> set[str]:
-    """kktrecon modules that ``module`` imports anywhere (functions included), ``TYPE_CHECKING`` blocks excluded."""
+def _imports(module: str, *, type_only: bool = False) -> set[str]:
+    """kktrecon modules that ``module`` imports anywhere (functions included).
+
+    ``TYPE_CHECKING`` blocks are excluded unless ``type_only``: a type-only import still ties two
+    modules together (the type checker follows it), so the strictest tests count it.
+    """
     tree = ast.parse(_source(module).read_text(encoding="utf-8"))
     skipped: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not type_only and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -111,6 +119,11 @@ def test_the_attack_never_imports_training_data() -> None:
         ("kktrecon.models", "kktrecon.data"),
         ("kktrecon.models", "kktrecon.attack"),
         ("kktrecon.runs", "kktrecon.models"),
+        ("kktrecon.files", "kktrecon.models"),
+        ("kktrecon.configs", "kktrecon.models"),
+        ("kktrecon.devices", "kktrecon.models"),
+        ("kktrecon.candidates", "kktrecon.evaluation"),
+        ("kktrecon.candidates", "kktrecon.attack"),
     ],
 )
 def test_layers_do_not_import_upwards(lower: str, upper: str) -> None:
@@ -163,3 +176,63 @@ def test_no_function_is_longer_than_eighty_lines_of_code() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _code_lines(node) > MAX_FUNCTION_LINES:
                 long.append(f"{module}.{node.name}: {_code_lines(node)} lines")
     assert long == []
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan): each holds an import cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = [stack.pop()]
+            while component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_cycles_finds_every_cycle_and_nothing_else() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"e"}, "e": {"d", "a"}, "f": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"], ["d", "e"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """No two modules import each other, even through others, lazily, or only for types."""
+    graph = {module: _imports(module, type_only=True) for module in _modules()}
+    assert _cycles(graph) == []
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported"),
+    [
+        ("kktrecon.evaluation", "kktrecon.reporting"),  # evaluation computes results, reporting draws them
+        ("kktrecon.reporting", "kktrecon.evaluation"),
+        ("kktrecon.sweeps", "kktrecon.evaluation"),  # the sweep stays oracle-free by construction
+    ],
+)
+def test_stages_kept_apart_never_import_each_other(importer: str, imported: str) -> None:
+    offending = {
+        (module, name)
+        for module in _modules()
+        if _layer(module) == importer
+        for name in _imports(module, type_only=True)
+        if _layer(name) == imported
+    }
+    assert offending == set()

@@ -74,3 +74,43 @@ def test_train_diagnose_reconstruct_evaluate_report_end_to_end(tmp_path) -> None
     result = runner.invoke(app, ["report", str(rec)])
     assert result.exit_code == 0, result.output
     assert (rec / "report.html").is_file()
+
+
+def _text(result) -> str:
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def test_help_shows_the_defaults_of_the_config_dataclasses() -> None:
+    from kktrecon.attack import ReconstructionConfig
+    from kktrecon.training import TrainConfig
+
+    train_help = _text(runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}))
+    assert f"[default: ({TrainConfig().steps})]" in train_help
+    assert f"[default: ({TrainConfig().data.n_per_class})]" in train_help
+    assert "[default: (mlp: 1000,1000 · cnn: ())]" in train_help  # each architecture's own default
+    attack_help = _text(runner.invoke(app, ["reconstruct", "--help"], env={"COLUMNS": "200"}))
+    assert f"[default: ({ReconstructionConfig().lr})]" in attack_help
+
+
+def test_set_reaches_every_field_by_its_dotted_name_and_refuses_unknown_ones(tmp_path) -> None:
+    victim, rec = tmp_path / "cnn", tmp_path / "rec"
+    args = ["train", "--model", "cnn", "--set", "model.padding=0", "--set", "model.channels=4", "--n-per-class", "2",
+            "--test-per-class", "5", "--steps", "2", "--data-root", str(SAMPLE_ROOT), "--device", "cpu"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--out", str(victim)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((victim / "model.json").read_text())
+    assert manifest["model"]["padding"] == 0 and manifest["model"]["channels"] == [4]
+    assert manifest["training"]["model"]["architecture"] == "cnn"
+    result = runner.invoke(app, [*args, "--set", "model.pading=1", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "'model.pading'" in _text(result) and "'model.padding'" in _text(result)
+    result = runner.invoke(app, [*args, "--set", "steps=many", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "Expected `steps` to be an integer. Got 'many'." in _text(result)
+    result = runner.invoke(app, [*args, "--set", "model.input_shape=3", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "`model.input_shape`" in _text(result)
+    assert not (tmp_path / "x").exists()
+    common = ["reconstruct", str(victim), "--iterations", "2", "--candidates", "4", "--device", "cpu"]
+    result = runner.invoke(app, [*common, "--set", "box=0.5", "--out", str(rec)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((rec / "reconstruction.json").read_text())["config"]["box"] == 0.5
+    result = runner.invoke(app, [*common, "--set", "boxes=0.5", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 1 and "'log_every'" in _text(result)

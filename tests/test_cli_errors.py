@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from kktrecon.cli import app
 from kktrecon.data import DataConfig
+from kktrecon.models import MLPConfig
 from kktrecon.training import TrainConfig, train
 
 runner = CliRunner()
@@ -48,7 +49,9 @@ def _tree(path: Path) -> list[str]:
 def victim(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("v") / "victim"
     config = TrainConfig(
-        data=DataConfig(dataset="toy", task="grid", n_per_class=10), hidden=(16, 16), init_scale=1.0, lr=0.05
+        data=DataConfig(dataset="toy", task="grid", n_per_class=10),
+        model=MLPConfig(hidden=(16, 16), init_scale=1.0),
+        lr=0.05,
     )
     train(config, out=path, steps=200, device="cpu", progress=False)
     return path
@@ -72,7 +75,12 @@ def _edit_manifest(path: Path, edit) -> None:
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"lr": "0.07"}, "lr"), ({"seed": "3"}, "seed"), ({"n_per_class": "5"}, "data"), ({"hidden": "8"}, "hidden")],
+    [
+        ({"lr": "0.07"}, "lr"),
+        ({"seed": "3"}, "seed"),
+        ({"n_per_class": "5"}, "data"),
+        ({"hidden": "8"}, "model.hidden"),
+    ],
 )
 def test_train_resume_with_another_recipe_is_refused(tmp_path, change, field) -> None:
     out = tmp_path / "v"

@@ -12,11 +12,14 @@ from kktrecon.attack import ReconstructionConfig
 from kktrecon.attack import engine as reconstruction
 from kktrecon.data import DataConfig
 from kktrecon.demo import DemoConfig, demo, estimate_seconds
+from kktrecon.models import MLPConfig
 from kktrecon.runs import RunDirectoryExistsError
 from kktrecon.training import TrainConfig
 
 TINY = DemoConfig(
-    victim=TrainConfig(data=DataConfig(n_per_class=3, test_per_class=20), hidden=(40, 40), steps=300, eval_every=100),
+    victim=TrainConfig(
+        data=DataConfig(n_per_class=3, test_per_class=20), model=MLPConfig(hidden=(40, 40)), steps=300, eval_every=100
+    ),
     attack=ReconstructionConfig(iterations=30, candidates=8, checkpoint_every=10, log_every=5),
 )
 

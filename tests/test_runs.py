@@ -42,6 +42,33 @@ def test_force_deletes_the_runs_own_files_and_nothing_else(tmp_path) -> None:
         open_run(tmp_path / "f", KIND, force=True, resume=True)
 
 
+def test_force_removes_the_folders_a_kind_owns_and_leaves_the_users(tmp_path) -> None:
+    kind = RunKind(manifest="done.json", state="state.json", dirs=("trials", "pool"), what="sweep")
+    _touch(tmp_path / "s", "state.json", "model.pt")
+    _touch(tmp_path / "s" / "trials" / "0000", "checkpoint.safetensors")
+    _touch(tmp_path / "s" / "pool", "candidates.safetensors")
+    _touch(tmp_path / "s" / "train", "0.png")
+    with pytest.raises(RunDirectoryExistsError, match=r"unfinished sweep \(state.json exists\).*--force"):
+        open_run(tmp_path / "s", kind)
+    assert open_run(tmp_path / "s", kind, force=True).status == "new"
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["model.pt", "train"]
+    assert (tmp_path / "s" / "train" / "0.png").exists()
+
+
+def test_every_command_declares_what_it_owns() -> None:
+    from kktrecon.attack.loop import ATTACK_RUN
+    from kktrecon.auditing import AUDIT_RUN
+    from kktrecon.demo import DEMO_RUN
+    from kktrecon.experiments.runner import EXPERIMENT_RUN
+    from kktrecon.sweeps.config import SWEEP_RUN
+    from kktrecon.training import VICTIM_RUN
+
+    kinds = [VICTIM_RUN, ATTACK_RUN, SWEEP_RUN, AUDIT_RUN, EXPERIMENT_RUN, DEMO_RUN]
+    assert all(isinstance(k, RunKind) for k in kinds)
+    assert "pool" in SWEEP_RUN.dirs  # a forced sweep leaves no stale pool behind
+    assert all("." not in d and "/" not in d for k in kinds for d in k.dirs)  # never the directory itself
+
+
 def test_resume_check_names_every_differing_key() -> None:
     check_resumable({"a": 1, "n": 5}, {"a": 1, "n": 9}, where="d", free=("n",))
     with pytest.raises(RunStateError, match=r"differs in \['a', 'b'\] \(then \[1, None\], now \[2, 3\]\)"):

@@ -8,24 +8,25 @@ import json
 import pytest
 import torch
 
+from kktrecon.configs import config_to_dict
 from kktrecon.data import SAMPLE_ROOT, DataConfig
 from kktrecon.errors import RunStateError
-from kktrecon.models import load_checkpoint
+from kktrecon.files import load_state, save_state
+from kktrecon.models import CNNConfig, MLPConfig, load_checkpoint
 from kktrecon.runs import RunDirectoryExistsError
-from kktrecon.training import TrainConfig, train
+from kktrecon.training import TrainConfig, load_train_config, train, train_config_from_dict
 from kktrecon.victims import diagnose
 
 TOY = TrainConfig(
     data=DataConfig(dataset="toy", task="grid", n_per_class=10),
-    hidden=(64, 64),
-    init_scale=1.0,
+    model=MLPConfig(hidden=(64, 64), init_scale=1.0),
     lr=0.05,
     steps=1500,
     eval_every=100,
     checkpoint_every=500,
 )
 MNIST_SMALL = TrainConfig(
-    data=DataConfig(n_per_class=10, test_per_class=100), hidden=(100, 100), steps=2000, eval_every=500
+    data=DataConfig(n_per_class=10, test_per_class=100), model=MLPConfig(hidden=(100, 100)), steps=2000, eval_every=500
 )
 
 
@@ -109,6 +110,8 @@ def test_bad_configs_are_refused() -> None:
         TrainConfig(schedule="cosine")
     with pytest.raises(ValueError, match="Expected `dtype`"):
         TrainConfig(dtype="half")
+    with pytest.raises(ValueError, match=r"the architecture's go in `model`.*Got \['hidden'\]"):
+        train(TOY, hidden=(8,), progress=False)
     with pytest.raises(ValueError, match="Expected `data` loaded with"):
         from kktrecon.data import load_dataset
 
@@ -138,7 +141,7 @@ def test_a_finished_run_extends_bit_identically_and_never_shrinks(tmp_path) -> N
     [
         ({"lr": 0.07}, "lr"),
         ({"seed": 3}, "seed"),
-        ({"hidden": (32, 32)}, "hidden"),
+        ({"model": MLPConfig(hidden=(32, 32), init_scale=1.0)}, "model.hidden"),
         ({"data": DataConfig(dataset="toy", task="spiral", n_per_class=10)}, "data"),
     ],
 )
@@ -171,3 +174,78 @@ def test_force_deletes_the_old_run_before_starting(tmp_path, interrupt_at) -> No
     fresh = train(TOY, device="cpu", progress=False, steps=100, seed=7)
     assert _same_weights(resumed.model, fresh.model)
     assert json.loads((tmp_path / "v" / "model.json").read_text())["seed"] == 7
+
+
+# --- the nested recipe, and the flat records of victims trained before -----------------------------------
+
+# A victim's "training" record as TrainConfig wrote it before `model` held the architecture's config.
+FLAT_TOY_RECORD = {
+    "data": {"dataset": "toy", "task": "grid", "n_per_class": 10, "test_per_class": 500, "seed": 0},
+    "model": "mlp",
+    "hidden": [64, 64],
+    "channels": [16, 32],
+    "kernel_size": 3,
+    "stride": 2,
+    "bias": "first",
+    "init_scale": 1.0,
+    "hidden_init_scale": None,
+    "lr": 0.05,
+    "weight_decay": 0.0,
+    "steps": 100,
+    "loss_threshold": None,
+    "schedule": "constant",
+    "max_lr_factor": 1000.0,
+    "dtype": "float32",
+    "seed": 0,
+    "eval_every": 100,
+    "checkpoint_every": 500,
+}
+
+
+def test_the_recipe_round_trips_with_the_architecture_named_beside_its_fields() -> None:
+    config = TrainConfig(model=CNNConfig(channels=(4,), padding=0, hidden=(8,)), lr=0.05)
+    record = config_to_dict(config)
+    assert record["model"]["architecture"] == "cnn" and record["model"]["padding"] == 0
+    assert train_config_from_dict(record) == config
+    assert train_config_from_dict(config_to_dict(TrainConfig())) == TrainConfig()
+    with pytest.raises(ValueError, match=r"Expected `TrainConfig\.model` to name its kind under 'architecture'"):
+        train_config_from_dict({"model": {"hidden": [8]}})
+    with pytest.raises(ValueError, match="Expected `model` to be the config of a registered architecture"):
+        TrainConfig(model="cnn")
+
+
+def test_flat_records_of_older_victims_load_into_the_nested_recipe() -> None:
+    config = train_config_from_dict(FLAT_TOY_RECORD, decided={"input_shape": [2], "num_outputs": 1})
+    assert config == dataclasses.replace(
+        TOY, steps=100, model=MLPConfig(input_shape=(2,), hidden=(64, 64), init_scale=1.0)
+    )
+    cnn = train_config_from_dict({**FLAT_TOY_RECORD, "model": "cnn", "hidden": [1000, 1000], "channels": [4]})
+    assert cnn.model == CNNConfig(channels=(4,), hidden=(1000, 1000), init_scale=1.0)  # padding: the CNN's default then
+    with pytest.raises(ValueError, match="resnet"):
+        train_config_from_dict({**FLAT_TOY_RECORD, "model": "resnet"})
+
+
+def _as_before(run_dir) -> None:
+    """Rewrite a victim's manifest and training state as the code before the nested recipe wrote them."""
+    manifest = json.loads((run_dir / "model.json").read_text())
+    (run_dir / "model.json").write_text(json.dumps({**manifest, "training": FLAT_TOY_RECORD}))
+    tensors, meta = load_state(run_dir / "train_state.safetensors")
+    save_state(run_dir / "train_state.safetensors", tensors, {**meta, "config": FLAT_TOY_RECORD})
+
+
+def test_a_victim_trained_before_the_nested_recipe_loads_resumes_and_extends(tmp_path) -> None:
+    old = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=100)
+    _as_before(tmp_path / "v")
+    model, manifest = load_checkpoint(tmp_path / "v")
+    assert _same_weights(model, old.model)
+    assert load_train_config(manifest) == dataclasses.replace(
+        TOY, steps=100, model=MLPConfig(input_shape=(2,), hidden=(64, 64), init_scale=1.0)
+    )
+    same = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=100, resume=True)
+    assert same.metrics["steps"] == 100 and _same_weights(same.model, old.model)
+    wider = dataclasses.replace(TOY, model=MLPConfig(hidden=(32, 32), init_scale=1.0))
+    with pytest.raises(RunStateError, match=r"differs in \['model.hidden'\]"):
+        train(wider, out=tmp_path / "v", device="cpu", progress=False, steps=150, resume=True)
+    longer = train(TOY, out=tmp_path / "v", device="cpu", progress=False, steps=150, resume=True)
+    assert _same_weights(longer.model, train(TOY, device="cpu", progress=False, steps=150).model)
+    assert json.loads((tmp_path / "v" / "model.json").read_text())["training"]["model"]["architecture"] == "mlp"

@@ -8,9 +8,11 @@ attack searches for inputs whose gradients explain the parameters.
 
 The public API is one function per stage — :func:`train`, :func:`diagnose`, :func:`reconstruct`,
 :func:`sweep`, :func:`evaluate`, :func:`report`, :func:`audit`, :func:`experiment` — with the frozen
-config dataclasses they take. Each lives in the
-package named for its stage and is imported on first use, so ``import kktrecon`` stays cheap; the
-command line (``kktrecon.cli``) is a thin layer over these functions.
+config dataclasses they take — and the objects every stage shares: one :class:`Victim` (a model and
+what is known about it), one :class:`CandidateSet` (what every attack returns and every verdict
+reads) and attack families run by name (:func:`run_attack`). Each lives in the package named for its
+stage and is imported on first use, so ``import kktrecon`` stays cheap; the command line
+(``kktrecon.cli``) is a thin layer over these functions. docs/extending.md says how to add to them.
 """
 
 from __future__ import annotations
@@ -23,16 +25,21 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "load_dataset": "kktrecon.data",
     "DataConfig": "kktrecon.data",
+    "MLPConfig": "kktrecon.models",
+    "CNNConfig": "kktrecon.models",
     "ModelConfig": "kktrecon.models",
     "build_model": "kktrecon.models",
     "load_checkpoint": "kktrecon.models",
     "TrainConfig": "kktrecon.training",
     "train": "kktrecon.training",
     "diagnose": "kktrecon.victims",
+    "Victim": "kktrecon.attack",
+    "CandidateSet": "kktrecon.candidates",
     "ReconstructionConfig": "kktrecon.attack",
     "reconstruct": "kktrecon.attack",
+    "run_attack": "kktrecon.attack",
     "EvaluationConfig": "kktrecon.evaluation",
-    "evaluate": "kktrecon.evaluation",
+    "evaluate": "kktrecon.pipelines",  # evaluation, then reporting's figures
     "report": "kktrecon.reporting",
     "KKTReconError": "kktrecon.errors",
     "SweepConfig": "kktrecon.sweeps",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,25 +25,31 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.attack.config import ReconstructionConfig
 from kktrecon.attack.kkt import diagnose_model
 from kktrecon.attack.objectives import get_objective
+from kktrecon.attack.victim import Preprocessing, Victim
+from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int, check_number
+from kktrecon.configs import config_to_dict
 from kktrecon.data.folder import Images, load_images
-from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunStateError, UnsupportedModelError
-from kktrecon.evaluation import evaluate_candidates, write_evaluation
-from kktrecon.evaluation.candidates import load_candidates
-from kktrecon.models import weights_fingerprint
-from kktrecon.models.spec import fit_weights, load_spec, load_weights
+from kktrecon.devices import resolve_device
+from kktrecon.errors import ConfigError, RunStateError, UnsupportedModelError
+from kktrecon.evaluation import evaluate_candidates
+from kktrecon.files import POOL_DIR, atomic_write_json, package_versions, read_json
 from kktrecon.models.validation import findings
+from kktrecon.pipelines import write_evaluation
 from kktrecon.reporting.html import write_audit_report
-from kktrecon.runs import POOL_DIR, atomic_write_json, config_to_dict, package_versions, read_json, resolve_device
+from kktrecon.runs import RunKind, check_resumable, open_run
 from kktrecon.sweeps import SweepConfig, sweep
 
 __all__ = ["AuditConfig", "AuditResult", "audit"]
 
 AUDIT_FILE = "audit.json"
+AUDIT_REPORT = "audit.html"
 MEANS = ("train", "none")
+#: An audit directory: its record when it starts, its report when it ends, its sweep and evaluation.
+AUDIT_RUN = RunKind(manifest=AUDIT_REPORT, state=AUDIT_FILE, dirs=("sweep", "evaluation"), what="audit")
 
 
 @dataclass(frozen=True)
@@ -98,13 +103,16 @@ class AuditResult:
 
 @dataclass(frozen=True)
 class _Inputs:
-    model: nn.Module
-    input_shape: tuple[int, ...]
+    victim: Victim
     objective: str
     train: Images
     held_out: Images | None
-    mean: np.ndarray
     findings: list[Any]
+
+    @property
+    def mean(self) -> np.ndarray:
+        assert self.victim.preprocessing.mean is not None
+        return self.victim.preprocessing.mean.numpy()
 
 
 def audit(
@@ -152,7 +160,7 @@ def audit(
     out = _open(Path(out), inputs, config, resume=resume, force=force)
     x_train = torch.as_tensor(inputs.train.x - inputs.mean)
     y_train = torch.as_tensor(inputs.train.y)
-    model = inputs.model.to(torch.float64).eval()
+    model = inputs.victim.model.to(torch.float64).eval()
     diagnosis = _diagnose(model, x_train, y_train, inputs.objective)
     n = len(y_train)
     attack = ReconstructionConfig(objective=inputs.objective, candidates=2 * n)
@@ -173,7 +181,7 @@ def audit(
         model,
         out / "sweep",
         sweep_config,
-        input_shape=inputs.input_shape,
+        input_shape=inputs.victim.input_shape,
         budget_s=max(remaining, 1.0),
         pool_top=config.top,
         device=dev,
@@ -209,20 +217,18 @@ def _check_inputs(
     if model is None:
         if weights is None or arch is None:
             raise ConfigError("Expected a model, or both --weights and --arch. Got neither.")
-        model, shape = load_spec(arch)
-        fit_weights(model, load_weights(weights), where=str(weights))
+        victim = Victim.from_spec(weights, arch)
+    elif getattr(getattr(model, "config", None), "input_shape", None) is None:
+        raise ConfigError("Expected the model to carry `config.input_shape`; pass arch= (a JSON spec) instead.")
     else:
-        shape = getattr(getattr(model, "config", None), "input_shape", None)
-        if shape is None:
-            raise ConfigError("Expected the model to carry `config.input_shape`; pass arch= (a JSON spec) instead.")
-    model.eval()
+        victim = Victim.from_module(model.eval())
+    model, shape = victim.model, victim.input_shape
     fatal = [f for f in findings(model) if f.fatal]
     if fatal:
         raise UnsupportedModelError("The attack cannot handle this model: " + "; ".join(str(f) for f in fatal))
     images = load_images(train, shape=tuple(shape))
     held = load_images(held_out, shape=tuple(shape), class_names=images.class_names) if held_out else None
-    with torch.no_grad():
-        k = int(model(torch.zeros(1, *shape, dtype=next(model.parameters()).dtype)).shape[1])
+    k = victim.num_outputs
     classes = len(images.class_names)
     if (k == 1 and classes != 2) or (k > 1 and k != classes):
         raise ConfigError(
@@ -230,32 +236,27 @@ def _check_inputs(
             f"and {train} has {classes} classes ({list(images.class_names)})."
         )
     mean = images.x.mean(axis=0) if config.mean == "train" else np.zeros(images.x.shape[1:])
-    objective = "binary" if k == 1 else "multiclass"
-    return _Inputs(model, tuple(shape), objective, images, held, mean, findings(model))
+    victim = dataclasses.replace(victim, preprocessing=Preprocessing(torch.as_tensor(mean)))
+    return _Inputs(victim, victim.objective().name, images, held, findings(model))
 
 
 def _open(out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, force: bool) -> Path:
-    if force and resume:
-        raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
+    """Create or reopen an audit directory (the shared lifecycle); ``force`` removes only the audit's own files."""
     record = {
         "format": "kktrecon.audit/1",
-        "fingerprint": weights_fingerprint(inputs.model),
+        "fingerprint": inputs.victim.fingerprint,
         "train_files": list(inputs.train.files),
         "config": config_to_dict(config),
         "versions": package_versions(),
     }
-    manifest = out / AUDIT_FILE
-    if manifest.exists() and force:
-        shutil.rmtree(out)
-    elif manifest.exists() and not resume:
-        raise RunDirectoryExistsError(f"{out} already holds an audit; pass --resume to continue it or --force.")
-    elif manifest.exists():
-        saved = read_json(manifest)
+    run = open_run(out, AUDIT_RUN, force=force, resume=resume)
+    if run.status != "new":
+        saved = read_json(run.path / AUDIT_FILE)
         if (saved.get("fingerprint"), saved.get("train_files")) != (record["fingerprint"], record["train_files"]):
             raise RunStateError(f"Cannot resume {out}: it audits another model or other training images; --force.")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, record)
-    return out
+        check_resumable(saved.get("config", {}), record["config"], where=out, free=())
+    atomic_write_json(run.path / AUDIT_FILE, record)
+    return run.path
 
 
 def _diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str) -> dict[str, Any]:
@@ -281,9 +282,10 @@ def _iterations(model: nn.Module, inputs: _Inputs, m: int, budget_s: float, batc
         ReconstructionConfig(objective=inputs.objective, candidates=m, iterations=3, seed=i, checkpoint_every=0)
         for i in range(batch)
     ]
-    reconstruct_batch(model, probe, input_shape=inputs.input_shape, device=device, progress=False)
+    shape = inputs.victim.input_shape
+    reconstruct_batch(model, probe, input_shape=shape, device=device, progress=False)
     t0 = time.perf_counter()
-    reconstruct_batch(model, probe, input_shape=inputs.input_shape, device=device, progress=False)
+    reconstruct_batch(model, probe, input_shape=shape, device=device, progress=False)
     per_batch_iteration = (time.perf_counter() - t0) / 3
     return int(max(100, min(2000, math.floor(0.45 * budget_s / max(per_batch_iteration, 1e-6)))))
 
@@ -292,9 +294,9 @@ def _evaluate(
     out: Path, inputs: _Inputs, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """The verdict on the pooled candidates, with the training and held-out images in memory."""
-    pooled = load_candidates(out / "sweep" / POOL_DIR)
+    pooled = CandidateSet.load(out / "sweep" / POOL_DIR).to(dtype=torch.float64)
     held = torch.as_tensor(inputs.held_out.x - inputs.mean) if inputs.held_out is not None else None
-    downsample = 2 if len(inputs.input_shape) == 3 and min(inputs.input_shape[1:]) >= 32 else 1
+    downsample = inputs.victim.downsample
     result = evaluate_candidates(
         pooled.x,
         x_train,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperOption
 
 from kktrecon.errors import KKTReconError
 
@@ -30,7 +35,7 @@ DataRoot = Annotated[
                  "else the per-user cache)."),
 ]  # fmt: skip
 Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, …")]
-Dtype = Annotated[str, typer.Option(help="float32 or float64.")]
+Dtype = Annotated[str | None, typer.Option(help="float32 or float64.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing run in the output directory.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from the output directory's last checkpoint.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a summary.")]
@@ -57,11 +62,165 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
 
 
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(w) for w in text.split(",") if w.strip()) if text.strip() else ()
-    except ValueError:
-        raise typer.BadParameter(f"Expected comma-separated widths like 1000,1000. Got {text!r}.") from None
+# --- options that set config fields, and --set NAME=VALUE for every other field ------------------------
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """How a command's options map onto the fields of a config dataclass (every default is the dataclass's).
+
+    Attributes:
+        root: ``module:Class`` of the config, imported only when needed (``--help`` stays cheap).
+        options: option parameter name -> dotted field name (``hidden`` -> ``model.hidden``).
+        kinds: dotted fields holding one of several configs, picked by name -> ``module:registry`` whose
+            entries have a ``config`` class (``model`` -> the architecture registry).
+    """
+
+    root: str
+    options: dict[str, str]
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def load(self, path: str) -> Any:
+        module, _, name = path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def kind_classes(self, name: str) -> dict[str, type]:
+        return {key: entry.config for key, entry in self.load(self.kinds[name]).items()}
+
+
+def _configure(fields: _Fields, values: dict[str, Any], *, fixed: tuple[str, ...] = ()) -> Any:
+    """The default ``fields.root`` with ``values`` (dotted name -> value; text is parsed by the field's type).
+
+    Raises:
+        ConfigError: an unknown or ``fixed`` name (the message lists the valid ones) or an unparsable value.
+    """
+    from kktrecon.errors import ConfigError
+
+    for name in fixed:
+        if name in values:
+            raise ConfigError(
+                f"Expected `{name}` to be left unset (it is decided, here by the data). Got {values[name]!r}."
+            )
+    return _apply(fields, fields.load(fields.root)(), values, prefix="", fixed=fixed)
+
+
+def _apply(fields: _Fields, config: Any, values: dict[str, Any], *, prefix: str, fixed: tuple[str, ...]) -> Any:
+    from kktrecon.errors import ConfigError
+
+    hints = typing.get_type_hints(type(config))
+    changes: dict[str, Any] = {}
+    for name in dict.fromkeys(n.split(".")[0] for n in values):  # kinds first: they decide the nested fields
+        if prefix + name in fields.kinds and name in values:
+            classes = fields.kind_classes(prefix + name)
+            if values[name] not in classes:
+                raise ConfigError(f"Expected `{prefix}{name}` to be one of {sorted(classes)}. Got {values[name]!r}.")
+            changes[name] = classes[values[name]]()
+    for name in dict.fromkeys(n.split(".")[0] for n in values):
+        current = changes.get(name, getattr(config, name, None))
+        nested = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(name + ".")}
+        if (
+            name not in hints
+            or (nested and not dataclasses.is_dataclass(current))
+            or (name in values and dataclasses.is_dataclass(current) and prefix + name not in fields.kinds)
+        ):
+            valid = _names(fields, config, prefix, fixed)
+            unknown = next(prefix + k for k in values if k.split(".")[0] == name)
+            raise ConfigError(f"Expected a setting of {type(config).__name__}, one of {valid}. Got {unknown!r}.")
+        if nested:
+            changes[name] = _apply(fields, current, nested, prefix=f"{prefix}{name}.", fixed=fixed)
+        elif prefix + name not in fields.kinds:
+            value = values[name]
+            changes[name] = _parse(prefix + name, value, hints[name]) if isinstance(value, str) else value
+    return dataclasses.replace(config, **changes)
+
+
+def _names(fields: _Fields, config: Any, prefix: str, fixed: tuple[str, ...]) -> list[str]:
+    """Every settable dotted name of ``config``: its scalar fields, its kinds, and those of nested configs."""
+    names = []
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), prefix + f.name
+        if name in fields.kinds or not dataclasses.is_dataclass(value):
+            names.append(name)
+        if dataclasses.is_dataclass(value):
+            names += _names(fields, value, name + ".", fixed)
+    return [n for n in names if n not in fixed]
+
+
+def _parse(name: str, text: str, hint: Any) -> Any:
+    """``text`` as a value of type ``hint`` (``X | None``, ``tuple[int, ...]``, int, float, bool, str)."""
+    from kktrecon.errors import ConfigError
+
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if text.strip().lower() in ("", "none", "null"):
+            return None
+        return _parse(name, text, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple:
+        parts = [p.strip() for p in text.strip().strip("()[]").split(",")]
+        return tuple(_parse(name, p, args[0]) for p in parts if p)
+    if hint is bool:
+        if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"Expected `{name}` to be true or false. Got {text!r}.")
+        return text.strip().lower() in ("true", "1", "yes")
+    if hint in (int, float):
+        try:
+            return hint(text)
+        except ValueError:
+            what = "an integer" if hint is int else "a number"
+            raise ConfigError(f"Expected `{name}` to be {what}. Got {text!r}.") from None
+    return text
+
+
+def _settings(fields: _Fields, options: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
+    """The dotted settings given on the command line: the options that were passed, then ``--set`` (last wins)."""
+    values = {fields.options[k]: v for k, v in options.items() if k in fields.options and v is not None}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"Expected --set NAME=VALUE, e.g. model.padding=0. Got {item!r}.")
+        values[name.strip()] = value
+    return values
+
+
+def _shown_default(fields: _Fields, name: str) -> str:
+    """The default of dotted field ``name`` as ``--help`` shows it (per kind, for fields inside a kind)."""
+    kind = next((k for k in fields.kinds if name.startswith(k + ".")), None)
+    if kind is not None:
+        leaf = name.removeprefix(kind + ".")
+        per_kind = {k: cls() for k, cls in fields.kind_classes(kind).items()}
+        return " · ".join(f"{k}: {_shown(getattr(c, leaf))}" for k, c in per_kind.items() if hasattr(c, leaf))
+    value = fields.load(fields.root)()
+    for part in name.split("."):
+        value = getattr(value, part)
+    if name in fields.kinds:
+        return next(k for k, cls in fields.kind_classes(name).items() if type(value) is cls)
+    return _shown(value)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "()"
+    return "none" if value is None else str(value)
+
+
+def _config_command(fields: _Fields) -> type[TyperCommand]:
+    """A command class whose ``--help`` shows each option's default as read from the config dataclass."""
+
+    class ConfigCommand(TyperCommand):
+        def format_help(self, ctx: Any, formatter: Any) -> None:
+            for param in self.params:
+                if param.name in fields.options and isinstance(param, TyperOption):
+                    param.show_default = _shown_default(fields, fields.options[param.name])
+            super().format_help(ctx, formatter)
+
+    return ConfigCommand
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Set any field of the config: NAME=VALUE, repeatable; NAME may be dotted "
+                 "(train: model.padding=0, data.seed=1; reconstruct: box=0.5); an unknown NAME lists the valid ones."),
+]  # fmt: skip
 
 
 @app.command()
@@ -104,54 +263,66 @@ def download(
     out.print(f"{dataset}: {folder}", highlight=False)
 
 
-@app.command()
+_TRAIN = _Fields(
+    root="kktrecon.training:TrainConfig",
+    options={
+        **{k: f"data.{k}" for k in ("dataset", "task", "n_per_class", "test_per_class")},
+        **{k: f"model.{k}" for k in ("hidden", "channels", "kernel_size", "stride", "bias", "init_scale")},
+        **{k: k for k in ("model", "weight_decay", "lr", "steps", "loss_threshold", "schedule", "seed", "dtype")},
+        "checkpoint_every": "checkpoint_every",
+    },
+    kinds={"model": "kktrecon.models:ARCHITECTURES"},
+)
+
+
+@app.command(cls=_config_command(_TRAIN))
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory to create.")],
-    dataset: Annotated[str, typer.Option(help="mnist, cifar10 or toy.")] = "mnist",
+    dataset: Annotated[str | None, typer.Option(help="mnist, cifar10 or toy.")] = None,
     task: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="odd-even, digits (10 classes), digit-value (regression) for mnist; vehicles-animals, "
             "classes for cifar10; grid, spiral for toy. The task decides the objective."
         ),
-    ] = "odd-even",
-    n_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 10,
-    test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 500,
-    model: Annotated[str, typer.Option(help="Architecture: mlp (the paper's) or cnn.")] = "mlp",
+    ] = None,
+    n_per_class: Annotated[int | None, typer.Option(help="Training images per class.")] = None,
+    test_per_class: Annotated[int | None, typer.Option(help="Test images per class.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Architecture: mlp (the paper's) or cnn; its fields take its defaults.")
+    ] = None,
     hidden: Annotated[
-        str, typer.Option(help="Hidden widths, comma-separated (cnn: linear layers after the convs).")
-    ] = "1000,1000",
-    channels: Annotated[str, typer.Option(help="cnn: convolution channels, comma-separated.")] = "16,32",
-    kernel_size: Annotated[int, typer.Option(help="cnn: convolution kernel size.")] = 3,
-    stride: Annotated[int, typer.Option(help="cnn: convolution stride.")] = 2,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay of gradient descent (0: the paper).")] = 0.0,
-    bias: Annotated[str, typer.Option(help="Bias policy: none, first (reference) or all.")] = "first",
-    init_scale: Annotated[float, typer.Option(help="First-layer init scale.")] = 1e-4,
-    lr: Annotated[float, typer.Option(help="Gradient-descent step size.")] = 0.01,
-    steps: Annotated[int, typer.Option(help="Full-batch steps.")] = 100_000,
+        str | None, typer.Option(help="Hidden widths, comma-separated (cnn: linear layers after the convs).")
+    ] = None,
+    channels: Annotated[str | None, typer.Option(help="cnn: convolution channels, comma-separated.")] = None,
+    kernel_size: Annotated[int | None, typer.Option(help="cnn: convolution kernel size.")] = None,
+    stride: Annotated[int | None, typer.Option(help="cnn: convolution stride.")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="L2 weight decay of gradient descent (0: the paper).")
+    ] = None,
+    bias: Annotated[str | None, typer.Option(help="Bias policy: none, first (reference) or all.")] = None,
+    init_scale: Annotated[float | None, typer.Option(help="First-layer init scale.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Gradient-descent step size.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Full-batch steps.")] = None,
     loss_threshold: Annotated[float | None, typer.Option(help="Stop once the loss is below this.")] = None,
-    schedule: Annotated[str, typer.Option(help="constant (reference) or loss-scaled.")] = "constant",
-    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
-    dtype: Dtype = "float32",
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (0: never).")] = 10_000,
+    schedule: Annotated[str | None, typer.Option(help="constant (reference) or loss-scaled.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Initialisation seed.")] = None,
+    dtype: Dtype = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (0: never).")] = None,
+    settings: SetOption = None,
     data_root: DataRoot = None,
     device: Device = "auto",
     force: Force = False,
     resume: Resume = False,
 ) -> None:
     """Train a victim by full-batch gradient descent on the logistic loss (the reference recipe)."""
-    from kktrecon.data import DataConfig
-    from kktrecon.training import TrainConfig
+    given = dict(locals())  # the options as passed; None: not given, the dataclass's default holds
+    from kktrecon.training import DATA_DECIDED
     from kktrecon.training import train as train_victim
 
     with _errors():
-        config = TrainConfig(
-            data=DataConfig(dataset=dataset, task=task, n_per_class=n_per_class, test_per_class=test_per_class),
-            model=model, hidden=_hidden(hidden), channels=_hidden(channels), kernel_size=kernel_size, stride=stride,
-            weight_decay=weight_decay, bias=bias, init_scale=init_scale, lr=lr, steps=steps,
-            loss_threshold=loss_threshold, schedule=schedule, seed=seed, dtype=dtype,
-            checkpoint_every=checkpoint_every,
-        )  # fmt: skip
+        values = _settings(_TRAIN, given, settings)
+        config = _configure(_TRAIN, values, fixed=tuple(f"model.{name}" for name in DATA_DECIDED))
         result = train_victim(config, out=out_dir, data_root=data_root, device=device, force=force, resume=resume)
     m = result.metrics
     test = (
@@ -199,43 +370,47 @@ def diagnose(
               f"max {norm[-1]:.3f}", highlight=False)  # fmt: skip
 
 
-@app.command()
+# The attack's settings that have an option of their own (every other one is reached by --set).
+_ATTACK_OPTIONS = (
+    "iterations objective candidates init_scale lr lambda_lr lambda_min alpha momentum kkt_weight prior_weight "
+    "lambda_weight seed checkpoint_every dtype"
+)
+_RECONSTRUCT = _Fields(root="kktrecon.attack:ReconstructionConfig", options={k: k for k in _ATTACK_OPTIONS.split()})
+
+
+@app.command(cls=_config_command(_RECONSTRUCT))
 def reconstruct(
     run_dir: Annotated[Path, typer.Argument(help="Victim run directory (model.safetensors + model.json).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Reconstruction directory to create.")],
-    iterations: Annotated[int, typer.Option(help="Optimisation steps.")] = 50_000,
+    iterations: Annotated[int | None, typer.Option(help="Optimisation steps.")] = None,
     objective: Annotated[
         str | None,
-        typer.Option(help="binary, multiclass, multiclass-full or regression (default: the victim's objective)."),
+        typer.Option(help="binary, multiclass, multiclass-full or regression (none: the victim's objective)."),
     ] = None,
-    candidates: Annotated[int | None, typer.Option(help="Number of candidates m (default 2n).")] = None,
-    init_scale: Annotated[float, typer.Option(help="Candidates start at N(0,1)·init_scale.")] = 0.035,
-    lr: Annotated[float, typer.Option(help="Step size for the candidates.")] = 0.0305,
-    lambda_lr: Annotated[float, typer.Option(help="Step size for λ.")] = 1e-4,
-    lambda_min: Annotated[float, typer.Option(help="λ hinge threshold.")] = 0.447,
-    alpha: Annotated[float, typer.Option(help="Modified-ReLU sigmoid slope.")] = 150.0,
-    momentum: Annotated[float, typer.Option(help="SGD momentum of both optimisers.")] = 0.9,
-    kkt_weight: Annotated[float, typer.Option(help="Weight of the stationarity term.")] = 1.0,
-    prior_weight: Annotated[float, typer.Option(help="Weight of the [-1,1] box prior (0: off).")] = 1.0,
-    lambda_weight: Annotated[float, typer.Option(help="Weight of the λ hinge.")] = 5.0,
-    seed: Annotated[int, typer.Option(help="Initialisation seed.")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Iterations between checkpoints (0: never).")] = 1000,
-    dtype: Dtype = "float32",
+    candidates: Annotated[int | None, typer.Option(help="Number of candidates m (none: 2n).")] = None,
+    init_scale: Annotated[float | None, typer.Option(help="Candidates start at N(0,1)·init_scale.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Step size for the candidates.")] = None,
+    lambda_lr: Annotated[float | None, typer.Option(help="Step size for λ.")] = None,
+    lambda_min: Annotated[float | None, typer.Option(help="λ hinge threshold.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Modified-ReLU sigmoid slope.")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum of both optimisers.")] = None,
+    kkt_weight: Annotated[float | None, typer.Option(help="Weight of the stationarity term.")] = None,
+    prior_weight: Annotated[float | None, typer.Option(help="Weight of the [-1,1] box prior (0: off).")] = None,
+    lambda_weight: Annotated[float | None, typer.Option(help="Weight of the λ hinge.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Initialisation seed.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Iterations between checkpoints (0: never).")] = None,
+    dtype: Dtype = None,
+    settings: SetOption = None,
     device: Device = "auto",
     resume: Resume = False,
     force: Force = False,
 ) -> None:
     """Run the KKT reconstruction attack on a victim's weights (it never reads training images)."""
-    from kktrecon.attack import ReconstructionConfig
+    given = dict(locals())  # the options as passed; None: not given, the dataclass's default holds
     from kktrecon.attack import reconstruct as run_attack
 
     with _errors():
-        config = ReconstructionConfig(
-            objective=objective, candidates=candidates, iterations=iterations, init_scale=init_scale, lr=lr,
-            lambda_lr=lambda_lr, lambda_min=lambda_min, alpha=alpha, momentum=momentum, kkt_weight=kkt_weight,
-            prior_weight=prior_weight, lambda_weight=lambda_weight, seed=seed, dtype=dtype,
-            checkpoint_every=checkpoint_every,
-        )  # fmt: skip
+        config = _configure(_RECONSTRUCT, _settings(_RECONSTRUCT, given, settings))
         result = run_attack(run_dir, config, out=out_dir, device=device, resume=resume, force=force)
     last = result.history[-1] if result.history else {}
     out.print(
@@ -272,7 +447,7 @@ def evaluate(
     training or held-out image and matches it with aligned SSIM > threshold; every count is printed
     beside what look-alikes (held-out images, other training images) reach.
     """
-    from kktrecon.evaluation import evaluate as run_evaluation
+    from kktrecon.pipelines import evaluate as run_evaluation
 
     with _errors():
         result = run_evaluation(
@@ -393,6 +568,7 @@ def sweep(
     OUT/pool (evaluate it with `kktrecon evaluate OUT`). A killed sweep continues with --resume.
     """
     from kktrecon.attack import ReconstructionConfig
+    from kktrecon.evaluation import oracle_score
     from kktrecon.sweeps import OFFICIAL_SPACE, SweepConfig
     from kktrecon.sweeps import sweep as run_sweep
 
@@ -405,7 +581,8 @@ def sweep(
             trials=trials, iterations=iterations, batch=batch, sampler=sampler, objective=objective, seed=seed,
             space=swept, attack=attack, extend=extend, extend_top=extend_top, warm_start=warm_start,
         )  # fmt: skip
-        result = run_sweep(run_dir, out_dir, config, data_root=data_root, backend=backend, address=address,
+        oracle = oracle_score(data_root) if objective == "oracle" else None
+        result = run_sweep(run_dir, out_dir, config, oracle=oracle, backend=backend, address=address,
                            budget_s=_duration(budget), device=device, resume=resume, force=force)  # fmt: skip
     _print_sweep(result, objective)
 

@@ -9,7 +9,6 @@ interrupted demo resumes where it stopped.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +18,24 @@ import torch
 from rich.console import Console
 
 from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state, reconstruct
+from kktrecon.configs import config_to_dict
 from kktrecon.data import SAMPLE_ROOT, DataConfig
+from kktrecon.devices import resolve_dtype
 from kktrecon.errors import RunStateError
-from kktrecon.evaluation import evaluate
-from kktrecon.models import ModelConfig, build_model, with_modified_relu
+from kktrecon.files import REPORT_FILE, atomic_write_json, read_json
+from kktrecon.models import MLPConfig, build_model, with_modified_relu
+from kktrecon.pipelines import evaluate
 from kktrecon.reporting import headline, report
-from kktrecon.runs import atomic_write_json, config_to_dict, prepare_run_dir, read_json, resolve_dtype
+from kktrecon.runs import RunKind, open_run
 from kktrecon.training import TrainConfig, train
 
 __all__ = ["DemoConfig", "DemoResult", "demo", "probe_trial_iteration_ms"]
 
 DEMO_FILE = "demo.json"
+#: A demo directory: its recipe when it starts, its report when it ends, the victim and the attack.
+DEMO_RUN = RunKind(
+    manifest=f"reconstruction/{REPORT_FILE}", state=DEMO_FILE, dirs=("victim", "reconstruction"), what="demo"
+)
 
 
 @dataclass(frozen=True)
@@ -44,14 +50,13 @@ class DemoConfig:
     def for_mnist(cls, seed: int = 0) -> DemoConfig:
         victim = TrainConfig(
             data=DataConfig(dataset="mnist", task="odd-even", n_per_class=10, test_per_class=200),
-            hidden=(1000, 1000),
-            bias="first",
+            model=MLPConfig(hidden=(1000, 1000), bias="first"),
             steps=10_000,
             dtype="float32",
             seed=seed,
             checkpoint_every=2_000,
         )
-        # 24k iterations of the released MNIST winner brought back 20 of 20 digits here (METHOD.md §3).
+        # 24k iterations of the released MNIST winner brought back 20 of 20 digits here (method notes §3).
         attack = ReconstructionConfig(iterations=24_000, seed=seed, checkpoint_every=1_000, log_every=200)
         return cls(victim=victim, attack=attack)
 
@@ -64,9 +69,7 @@ class DemoConfig:
         # drift on, so the attack is short and slow: lr 3e-4, 800 iterations.
         victim = TrainConfig(
             data=DataConfig(dataset="toy", task="grid", n_per_class=10, seed=seed),
-            hidden=(1000, 1000, 1000),
-            bias="first",
-            init_scale=1e-4,
+            model=MLPConfig(hidden=(1000, 1000, 1000), bias="first", init_scale=1e-4),
             lr=0.3,
             steps=3_000,
             seed=seed,
@@ -107,7 +110,7 @@ def estimate_seconds(config: DemoConfig, *, probe_steps: int = 3) -> float:
     dtype = resolve_dtype(config.victim.dtype)
     shape = (2,) if config.toy else (1, 28, 28)
     n = 2 * config.victim.data.n_per_class
-    model_cfg = ModelConfig(input_shape=shape, hidden=config.victim.hidden, bias=config.victim.bias)
+    model_cfg = MLPConfig(input_shape=shape, hidden=config.victim.model.hidden, bias=config.victim.model.bias)
     model = build_model(model_cfg, dtype=dtype)
     x = torch.randn(n, *shape, dtype=dtype)
     y = torch.randint(0, 2, (n,)).to(dtype)
@@ -141,7 +144,7 @@ def probe_trial_iteration_ms(m: int = 40, k: int = 4, iterations: int = 3) -> fl
     """Milliseconds per trial-iteration of the batched attack on a demo-sized victim, on this machine."""
     from kktrecon.attack.batched import reconstruct_batch
 
-    model = build_model(ModelConfig())
+    model = build_model(MLPConfig())
     configs = [ReconstructionConfig(seed=i, candidates=m, iterations=iterations, checkpoint_every=0) for i in range(k)]
     reconstruct_batch(model, configs, device="cpu", progress=False)  # warm-up
     start = time.perf_counter()
@@ -184,10 +187,7 @@ def demo(
         if saved != config_to_dict(config):
             raise RunStateError(f"Cannot resume {out}: it was started with another recipe (other --seed or --toy?).")
     else:
-        prepare_run_dir(out, force=force, marker=DEMO_FILE)
-        if force:
-            for sub in ("victim", "reconstruction"):
-                shutil.rmtree(out / sub, ignore_errors=True)
+        open_run(out, DEMO_RUN, force=force)
         atomic_write_json(out / DEMO_FILE, {"config": config_to_dict(config)})
 
     console.print(f"[bold]kktrecon demo[/] ({'2-D toy' if config.toy else 'MNIST odd/even, 20 digits'}) → {out}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,32 +23,26 @@ import torch
 from torch import nn
 
 from kktrecon.attack.objectives import Objective, get_objective
-from kktrecon.checks import check_int, check_ints, check_number
+from kktrecon.checks import check_int, check_number
+from kktrecon.configs import config_from_dict, config_to_dict, register_choice, register_nested
 from kktrecon.data import DataConfig, Dataset, load_dataset
+from kktrecon.devices import resolve_device, resolve_dtype
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError, TrainingDivergedError
-from kktrecon.models import BIAS_POLICIES, build_model, load_checkpoint, save_checkpoint
-from kktrecon.models.registry import get_architecture
+from kktrecon.files import TRAIN_STATE_FILE, VICTIM_FILE, VICTIM_WEIGHTS_FILE, load_state, package_versions, save_state
+from kktrecon.models import ARCHITECTURES, MLPConfig, build_model, load_checkpoint, save_checkpoint
+from kktrecon.models.registry import architecture_of, get_architecture
 from kktrecon.progress import progress_bar
-from kktrecon.runs import (
-    TRAIN_STATE_FILE,
-    VICTIM_FILE,
-    VICTIM_WEIGHTS_FILE,
-    Run,
-    RunKind,
-    check_resumable,
-    config_from_dict,
-    config_to_dict,
-    load_state,
-    open_run,
-    package_versions,
-    register_nested,
-    resolve_device,
-    resolve_dtype,
-    same_length,
-    save_state,
-)
+from kktrecon.runs import Run, RunKind, check_resumable, open_run, same_length
 
-__all__ = ["SCHEDULES", "TrainConfig", "TrainResult", "train"]
+__all__ = [
+    "DATA_DECIDED",
+    "SCHEDULES",
+    "TrainConfig",
+    "TrainResult",
+    "load_train_config",
+    "train",
+    "train_config_from_dict",
+]
 
 
 def _constant(lr: float, loss: float, initial_loss: float, cap: float) -> float:
@@ -73,12 +67,10 @@ class TrainConfig:
 
     Args:
         data: which training set (dataset, task, samples per class).
-        model: the architecture, a key of the registry (``mlp``, the paper's; ``cnn``).
-        hidden: hidden-layer widths of the MLP (for the CNN: of the linear layers after the convolutions).
-        channels, kernel_size, stride: the CNN's convolution channels, kernel size and stride.
-        bias: bias policy (``none``, ``first`` — the reference — or ``all``).
-        init_scale: first-layer initialisation scale (reference 1e-4).
-        hidden_init_scale: N(0,1)·scale for later layers; None keeps PyTorch's default (reference).
+        model: the architecture's own config, of a registered architecture: :class:`~kktrecon.models.MLPConfig`
+            (the paper's d-1000-1000-1 with a first-layer bias, N(0,1)·1e-4 first layer) or
+            :class:`~kktrecon.models.CNNConfig`. Its ``input_shape`` and ``num_outputs`` are the data's
+            to decide (:data:`DATA_DECIDED`): training sets them from the loaded training set.
         lr: gradient-descent step size (reference 0.01).
         weight_decay: L2 penalty coefficient of gradient descent (0: the paper; Buzaglo et al. 2023 find
             that weight decay makes victims leak more).
@@ -90,17 +82,14 @@ class TrainConfig:
         seed: initialisation seed.
         eval_every: steps between recorded points of the loss curve.
         checkpoint_every: steps between resumable checkpoints (0: never).
+
+    Example:
+        >>> TrainConfig(model=MLPConfig(hidden=(40, 40)), steps=1000).model.hidden
+        (40, 40)
     """
 
     data: DataConfig = field(default_factory=lambda: DataConfig(n_per_class=10))
-    model: str = "mlp"
-    hidden: tuple[int, ...] = (1000, 1000)
-    channels: tuple[int, ...] = (16, 32)
-    kernel_size: int = 3
-    stride: int = 2
-    bias: str = "first"
-    init_scale: float = 1e-4
-    hidden_init_scale: float | None = None
+    model: Any = field(default_factory=MLPConfig)
     lr: float = 0.01
     weight_decay: float = 0.0
     steps: int = 100_000
@@ -113,42 +102,64 @@ class TrainConfig:
     checkpoint_every: int = 10_000
 
     def __post_init__(self) -> None:
+        if not any(type(self.model) is arch.config for arch in ARCHITECTURES.values()):
+            configs = sorted(arch.config.__name__ for arch in ARCHITECTURES.values())
+            raise ConfigError(f"Expected `model` to be the config of a registered architecture ({configs}). "
+                              f"Got {self.model!r}.")  # fmt: skip
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"Expected `schedule` to be one of {sorted(SCHEDULES)}. Got {self.schedule!r}.")
         resolve_dtype(self.dtype)
-        check_ints("hidden", self.hidden, low=1)
         check_int("steps", self.steps, low=0)
         check_number("lr", self.lr, low=0, low_open=True)
         check_number("weight_decay", self.weight_decay, low=0)
-        get_architecture(self.model)
-        check_ints("channels", self.channels, low=1)
-        check_int("kernel_size", self.kernel_size, low=1)
-        check_int("stride", self.stride, low=1)
-        check_number("init_scale", self.init_scale, low=0, low_open=True)
-        if self.hidden_init_scale is not None:
-            check_number("hidden_init_scale", self.hidden_init_scale, low=0, low_open=True)
         check_number("max_lr_factor", self.max_lr_factor, low=1)
         check_int("seed", self.seed)
         check_int("eval_every", self.eval_every, low=1)
         check_int("checkpoint_every", self.checkpoint_every, low=0)
         if self.loss_threshold is not None:
             check_number("loss_threshold", self.loss_threshold, low=0, low_open=True)
-        if self.bias not in BIAS_POLICIES:
-            raise ConfigError(f"Expected `bias` to be one of {sorted(BIAS_POLICIES)}. Got {self.bias!r}.")
 
     def model_config(self, data: Dataset) -> Any:
-        """The architecture's config for ``data``: the fields of this recipe that the architecture takes."""
-        arch = get_architecture(self.model)
-        offered = {
-            "input_shape": data.input_shape,
-            "num_outputs": get_objective(data.objective).num_outputs(data.num_classes),
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-        }
-        wanted = {f.name for f in dataclasses.fields(arch.config)}
-        return arch.config(**{k: v for k, v in offered.items() if k in wanted})
+        """The architecture's config for ``data``: ``model`` with the input shape and output count ``data`` decides."""
+        outputs = get_objective(data.objective).num_outputs(data.num_classes)
+        return dataclasses.replace(self.model, input_shape=data.input_shape, num_outputs=outputs)
 
+
+#: The fields of every architecture's config that the training set decides (and training sets).
+DATA_DECIDED = ("input_shape", "num_outputs")
+# The architecture's fields that TrainConfig carried itself (beside ``model``, then the architecture's
+# name) in the flat records of victims trained before ``model`` held the architecture's config.
+_FLAT_MODEL_FIELDS = ("hidden", "channels", "kernel_size", "stride", "bias", "init_scale", "hidden_init_scale")
 
 register_nested("TrainConfig", "data", DataConfig)
+register_choice(
+    "TrainConfig",
+    "model",
+    key="architecture",
+    cls_of=lambda name: get_architecture(name).config,
+    name_of=lambda config: architecture_of(config).name,
+)
+
+
+def train_config_from_dict(record: Mapping[str, Any], *, decided: Mapping[str, Any] | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from its saved dict, nested (today's) or flat (victims trained before).
+
+    A flat record names the architecture under ``model`` and carries its fields beside the recipe's;
+    it lacks the fields the data decided, which ``decided`` (the built architecture's) may supply.
+    Fields of the flat record that the architecture does not take were ignored then and are dropped.
+    """
+    if isinstance(record, Mapping) and _is_flat(record):
+        arch = get_architecture(record.get("model", "mlp"))
+        takes = {f.name for f in dataclasses.fields(arch.config)}
+        model = {k: v for k, v in record.items() if k in _FLAT_MODEL_FIELDS and k in takes}
+        model.update({k: v for k, v in (decided or {}).items() if k in DATA_DECIDED})
+        rest = {k: v for k, v in record.items() if k not in _FLAT_MODEL_FIELDS and k != "model"}
+        record = {**rest, "model": {"architecture": arch.name, **model}}
+    return config_from_dict(TrainConfig, record)
+
+
+def _is_flat(record: Mapping[str, Any]) -> bool:
+    return isinstance(record.get("model"), str) or any(k in record for k in _FLAT_MODEL_FIELDS)
 
 
 @dataclass
@@ -213,9 +224,23 @@ def _save_state(path: Path, model: nn.Module, progress: _Progress, config: Train
     save_state(path, model.state_dict(), {**meta, "config": config_to_dict(config)})
 
 
-def _load_state(path: Path, model: nn.Module, config: TrainConfig) -> _Progress:
+def _resume_view(record: Mapping[str, Any], data: Dataset) -> dict[str, Any]:
+    """A recorded recipe as resuming compares it: in today's form (a flat record of an older victim is
+    nested first, for ``data``), the architecture's fields as ``model.<name>`` so that a refusal names them."""
+    config = train_config_from_dict(record)
+    flat = config_to_dict(dataclasses.replace(config, model=config.model_config(data)))
+    model = flat.pop("model")
+    return {**flat, **{f"model.{k}": v for k, v in model.items()}}
+
+
+def _check_resumable(recorded: Mapping[str, Any], config: TrainConfig, data: Dataset, where: Path) -> None:
+    current = _resume_view(config_to_dict(config), data)
+    check_resumable(_resume_view(recorded, data), current, where=where, free=_FREE_ON_RESUME)
+
+
+def _load_state(path: Path, model: nn.Module, config: TrainConfig, data: Dataset) -> _Progress:
     tensors, meta = load_state(path)
-    check_resumable(meta.get("config", {}), config_to_dict(config), where=path.parent, free=_FREE_ON_RESUME)
+    _check_resumable(meta.get("config", {}), config, data, path.parent)
     if sorted(tensors) != sorted(model.state_dict()) or not {"step", "history", "elapsed"} <= set(meta):
         raise CheckpointError(f"{path} does not hold this victim's weights; pass --force to start over.")
     if meta["step"] > config.steps:
@@ -259,10 +284,15 @@ def train(
         ``train_loss``, margins, outputs) and the loss curve.
 
     Raises:
+        ConfigError: an override that is no field of :class:`TrainConfig` (architecture fields go in ``model``).
         RunDirectoryExistsError: ``out`` holds a run and neither ``force`` nor ``resume`` was given.
         RunStateError: resuming with another recipe, or with fewer steps than already run.
         TrainingDivergedError: the loss became NaN or Inf.
     """
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"Expected overrides among TrainConfig's fields (the architecture's go in `model`, "
+                          f"e.g. model=MLPConfig(hidden=(100,))). Got {unknown}.")  # fmt: skip
     config = dataclasses.replace(config or TrainConfig(), **overrides)
     dev = resolve_device(device)
     dtype = resolve_dtype(config.dtype)
@@ -271,15 +301,16 @@ def train(
     elif data.config != config.data:
         raise ConfigError(f"Expected `data` loaded with {config.data}. Got {data.config}.")
     data = _on(data, dev, dtype)
-    model = build_model(config.model_config(data), seed=config.seed, device=dev, dtype=dtype)
+    config = dataclasses.replace(config, model=config.model_config(data))  # recorded as built
+    model = build_model(config.model, seed=config.seed, device=dev, dtype=dtype)
     run = open_run(out, VICTIM_RUN, force=force, resume=resume) if out is not None else None
     state = _Progress()
     if run is not None and run.status == "finished":
-        finished = _finished_result(run, config, dev, dtype)
+        finished = _finished_result(run, config, data, dev)
         if finished is not None:
             return finished
     if run is not None and run.status != "new":
-        state = _load_state(run.state, model, config)
+        state = _load_state(run.state, model, config, data)
     _fit(model, data, config, state, run.state if run is not None else None, progress=progress)
     metrics = evaluate_model(model, data)
     if not math.isfinite(metrics["train_loss"]):
@@ -296,11 +327,11 @@ def train(
     return TrainResult(model, metrics, history, run.path if run is not None else None)
 
 
-def _finished_result(run: Run, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> TrainResult | None:
+def _finished_result(run: Run, config: TrainConfig, data: Dataset, device: torch.device) -> TrainResult | None:
     """The finished run in ``run`` when it ran exactly ``config``; None when it is to be extended."""
-    model, manifest = load_checkpoint(run.path, device=device, dtype=dtype)
+    model, manifest = load_checkpoint(run.path, device=device, dtype=resolve_dtype(config.dtype))
     recorded = manifest.get("training", {})
-    check_resumable(recorded, config_to_dict(config), where=run.path, free=_FREE_ON_RESUME)
+    _check_resumable(recorded, config, data, run.path)
     if same_length(run, done=int(recorded.get("steps", -1)), requested=config.steps, unit="steps"):
         return TrainResult(model, manifest["metrics"], manifest.get("history", []), run.path)
     return None
@@ -419,6 +450,11 @@ def _postfix(point: dict[str, float]) -> str:
     return text
 
 
-def load_train_config(manifest: dict[str, Any]) -> TrainConfig:
-    """The recipe recorded in a victim's ``model.json``."""
-    return config_from_dict(TrainConfig, manifest["training"])
+def load_train_config(manifest: Mapping[str, Any]) -> TrainConfig:
+    """The recipe recorded in a victim's ``model.json``, also in the flat form of victims trained before.
+
+    Raises:
+        ConfigError: the record is not a recipe (unknown keys, an unknown architecture, bad values).
+    """
+    built = manifest.get("model")
+    return train_config_from_dict(manifest["training"], decided=built if isinstance(built, Mapping) else None)

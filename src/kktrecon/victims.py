@@ -1,13 +1,14 @@
-"""A trained victim as the later stages see it: weights, manifest and, where allowed, its training data.
+"""A victim run directory with its training data, for the stages that may look at it.
 
-The attack reads weights only (``kktrecon.attack`` never imports the data layer). Evaluation and the
-KKT diagnostic are the stages that may look at the training set: they load it here, from the
-recipe recorded in the victim's ``model.json``, and check that it is the set the victim saw.
+The attack reads weights only (``kktrecon.attack`` never imports the data layer): its victim is the
+one :class:`~kktrecon.attack.victim.Victim`. Evaluation and the KKT diagnostic are the stages that may
+look at the training set: :func:`load_victim` gives them that same victim and, beside it, the
+training set reloaded from the recipe recorded in its ``model.json`` and checked to be the set the
+victim saw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +16,14 @@ import torch
 from torch import nn
 
 from kktrecon.attack.kkt import KKTDiagnosis, diagnose_model
-from kktrecon.attack.objectives import get_objective
-from kktrecon.data import DATASETS, DataConfig, Dataset, load_dataset
+from kktrecon.attack.victim import Victim
+from kktrecon.configs import config_from_dict
+from kktrecon.data import DataConfig, Dataset, load_dataset
+from kktrecon.devices import resolve_device
 from kktrecon.errors import CheckpointError, ConfigError
-from kktrecon.models import load_checkpoint
-from kktrecon.runs import VICTIM_FILE, config_from_dict, resolve_device
+from kktrecon.files import VICTIM_FILE
 
-__all__ = ["Victim", "diagnose", "load_victim"]
-
-
-@dataclass(frozen=True)
-class Victim:
-    """A victim network with its manifest and its (reloaded) training set.
-
-    Attributes:
-        model: the network, in eval mode.
-        manifest: the parsed ``model.json``.
-        dataset: the training and test data recorded in the manifest, reloaded and checked.
-        downsample: the factor by which evaluation downsamples images before matching.
-        run_dir: the victim's run directory.
-    """
-
-    model: nn.Module
-    manifest: dict[str, Any]
-    dataset: Dataset
-    downsample: int
-    run_dir: Path
+__all__ = ["diagnose", "load_victim"]
 
 
 def load_victim(
@@ -49,24 +32,21 @@ def load_victim(
     data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
-) -> Victim:
-    """The victim network, its manifest, its training set (reloaded) and the matching downsample factor.
+) -> tuple[Victim, Dataset]:
+    """The victim of a run directory (its model on ``device`` in ``dtype``) and its training set, reloaded.
 
     Raises:
         CheckpointError: the run directory or its manifest is unusable, or the reloaded training
             set is not the one the victim saw (its per-pixel mean differs from the recorded one).
     """
     run_dir = Path(run_dir)
-    device = resolve_device(device)
-    model, manifest = load_checkpoint(run_dir, device=device, dtype=dtype)
-    model.eval()
-    if "data" not in manifest:
+    victim = Victim.from_run(run_dir, device=resolve_device(device), dtype=dtype)
+    if "data" not in victim.manifest:
         raise CheckpointError(f"Expected {run_dir / VICTIM_FILE} to hold the data config under 'data'. Got none.")
-    config = config_from_dict(DataConfig, manifest["data"])
-    dataset = load_dataset(config, data_root=data_root, dtype=dtype, device=device)
-    _check_mean(run_dir, manifest, dataset)
-    downsample = int(DATASETS[config.dataset].match_downsample)
-    return Victim(model=model, manifest=manifest, dataset=dataset, downsample=downsample, run_dir=run_dir)
+    config = config_from_dict(DataConfig, victim.manifest["data"])
+    dataset = load_dataset(config, data_root=data_root, dtype=dtype, device=resolve_device(device))
+    _check_mean(run_dir, dict(victim.manifest), dataset)
+    return victim, dataset
 
 
 def _check_mean(run_dir: Path, manifest: dict[str, Any], dataset: Dataset) -> None:
@@ -111,11 +91,10 @@ def diagnose(
     dev = resolve_device(device)
     objective = None
     if isinstance(victim, (str, Path)):
-        loaded = load_victim(victim, data_root=data_root, device=dev, dtype=torch.float64)
-        ds = loaded.dataset
-        objective = get_objective(loaded.manifest.get("objective") or ds.objective)
+        loaded, ds = load_victim(victim, data_root=data_root, device=dev, dtype=torch.float64)
+        objective = loaded.objective(loaded.recorded_objective or ds.objective)
         model, x, signs = loaded.model, ds.x_train, objective.targets(ds.y_train, ds.targets)
-        weight_decay = loaded.manifest.get("training", {}).get("weight_decay", 0.0)
+        weight_decay = (loaded.recipe or {}).get("weight_decay", 0.0)
     elif x is None or signs is None:
         raise ConfigError("Expected `x` and `signs` when `victim` is a model. Got None.")
     else:

@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from kktrecon.attack import ReconstructionConfig, ReconstructionDivergedError, attack_loss, reconstruct
+from kktrecon.attack import ReconstructionConfig, ReconstructionDivergedError, attack_loss, loop, reconstruct
 from kktrecon.attack import engine as rec
+from kktrecon.candidates import CandidateSet
 from kktrecon.errors import RunStateError
+from kktrecon.files import load_state
 from kktrecon.models import ModelConfig, build_model, save_checkpoint
-from kktrecon.runs import load_state
 
 
 def _linear_kkt_victim():
@@ -81,7 +82,10 @@ def test_outputs_and_default_candidate_count(victim_dir, tmp_path) -> None:
     from safetensors.torch import load_file
 
     tensors = load_file(str(tmp_path / "rec" / "candidates.safetensors"))
-    assert set(tensors) == {"x", "lam", "y"}
+    assert set(tensors) == {"x", "lam", "y", "source"}
+    candidates = CandidateSet.load(tmp_path / "rec")
+    assert torch.equal(candidates.x, tensors["x"]) and candidates.sources[0]["attack"] == "kkt"
+    assert candidates.victim["fingerprint"] == manifest["victim"]["fingerprint"]
     with pytest.raises(FileExistsError, match="--force"):
         reconstruct(victim_dir, out=tmp_path / "rec", **SMALL)
 
@@ -105,7 +109,7 @@ def test_interrupted_then_resumed_run_is_bit_identical(victim_dir, tmp_path, int
 
 
 def test_resume_refuses_a_changed_config(victim_dir, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(rec, "_write_result", lambda *a, **k: None)  # leave only the checkpoint behind
+    monkeypatch.setattr(loop, "_write_result", lambda *a, **k: None)  # leave only the checkpoint behind
     reconstruct(victim_dir, out=tmp_path / "r", **SMALL)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="differs in \\['lr'\\]"):

@@ -12,14 +12,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from kktrecon.attack.victim import Victim
 from kktrecon.evaluation import (
     VictimMismatchError,
-    evaluate,
     evaluate_candidates,
     load_candidates,
     pipeline,
+    write_evaluation,
 )
-from kktrecon.victims import Victim
+from kktrecon.pipelines import evaluate
 from tests.evaluation.helpers import _images
 
 
@@ -110,12 +111,13 @@ def fake_victim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamesp
         targets=(),
         config=SimpleNamespace(dataset="fake", task="t", test_per_class=2),
     )
-    victim = Victim(model=model, manifest=manifest, dataset=dataset, downsample=1, run_dir=run_dir)
+    victim = Victim(model=model, input_shape=(1, 12, 12), fingerprint="fake", manifest=manifest, run_dir=run_dir)
+    assert victim.downsample == 1
     loaded: list[Path] = []
 
-    def load(path: Path, *, data_root: object, device: torch.device) -> Victim:
+    def load(path: Path, *, data_root: object, device: torch.device) -> tuple[Victim, SimpleNamespace]:
         loaded.append(path)
-        return victim
+        return victim, dataset
 
     monkeypatch.setattr(pipeline, "load_victim", load)
     return SimpleNamespace(run_dir=run_dir, train=train, mean=mean, loaded=loaded)
@@ -161,6 +163,24 @@ def test_evaluate_writes_into_first_rec_dir_by_default(tmp_path: Path, fake_vict
     assert not (run0 / "fig_pairs.png").exists()
 
 
+def test_evaluation_draws_only_through_the_hook_it_is_given(tmp_path: Path) -> None:
+    import kktrecon
+    from kktrecon import pipelines
+
+    train, mean = _images(3, seed=5)
+    result = evaluate_candidates(0.5 * train, train, torch.tensor([0, 1, 0]), mean, outputs=torch.ones(3, 1))
+    assert set(write_evaluation(result, tmp_path / "plain")) == {"metrics.json", "per_sample.csv"}
+
+    def draw(res: object, out: Path) -> dict[str, Path]:
+        assert res is result and not (out / "metrics.json").exists()  # drawn before metrics.json lists it
+        (out / "fig.png").write_bytes(b"png")
+        return {"fig.png": out / "fig.png"}
+
+    write_evaluation(result, tmp_path / "drawn", draw=draw)
+    assert json.loads((tmp_path / "drawn" / "metrics.json").read_text())["files"] == ["fig.png", "per_sample.csv"]
+    assert kktrecon.evaluate is pipelines.evaluate  # the public stage evaluates, then draws reporting's figures
+
+
 def test_pooling_refuses_different_victims(tmp_path: Path) -> None:
     x = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
     a = _write_rec_dir(tmp_path / "a", x, tmp_path / "victim_a")
@@ -187,9 +207,9 @@ def test_missing_candidates_are_a_clear_error(tmp_path: Path) -> None:
 
 
 def _real_victim(tmp_path: Path, data_config: object, input_shape: tuple[int, ...], data_root: object) -> Path:
+    from kktrecon.configs import config_to_dict
     from kktrecon.data import load_dataset
     from kktrecon.models import ModelConfig, build_model, save_checkpoint
-    from kktrecon.runs import config_to_dict
 
     ds = load_dataset(data_config, data_root=data_root)
     model = build_model(ModelConfig(input_shape=input_shape, hidden=(16,), init_scale=1.0), seed=0)

@@ -14,9 +14,12 @@ from kktrecon.data import DataConfig
 from kktrecon.errors import RunDirectoryExistsError
 from kktrecon.experiments import EXPERIMENTS, Cell, Experiment, experiment
 from kktrecon.experiments import runner as runner_module
+from kktrecon.models import MLPConfig
 from kktrecon.training import TrainConfig
 
-_VICTIM = TrainConfig(data=DataConfig(n_per_class=3, test_per_class=10), hidden=(32, 32), lr=0.05, steps=150)
+_VICTIM = TrainConfig(
+    data=DataConfig(n_per_class=3, test_per_class=10), model=MLPConfig(hidden=(32, 32)), lr=0.05, steps=150
+)
 _VICTIM_B = dataclasses.replace(_VICTIM, seed=1)
 _ATTACK = ReconstructionConfig(iterations=30, init_scale=0.01, lr=0.05, checkpoint_every=10, log_every=10)
 TINY = Experiment(

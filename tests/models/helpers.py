@@ -7,9 +7,9 @@ import copy
 import torch
 from torch import nn
 
-from kktrecon.models import ModelConfig
+from kktrecon.models import MLPConfig
 
-SMALL = ModelConfig(input_shape=(1, 4, 4), hidden=(12, 9), init_scale=0.3)
+SMALL = MLPConfig(input_shape=(1, 4, 4), hidden=(12, 9), init_scale=0.3)
 
 
 def scaled(model: nn.Module, c: float) -> nn.Module:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kktrecon.models import (
-    ModelConfig,
+    MLPConfig,
     build_model,
     validate,
 )
@@ -15,7 +15,7 @@ from tests.models.helpers import SMALL, scaled
 
 @pytest.mark.parametrize("bias", ["none", "first"])
 def test_homogeneous_policies_satisfy_phi_c_theta_equals_c_power_L(bias: str) -> None:
-    cfg = ModelConfig(input_shape=(1, 4, 4), hidden=(12, 9), bias=bias, init_scale=0.3)
+    cfg = MLPConfig(input_shape=(1, 4, 4), hidden=(12, 9), bias=bias, init_scale=0.3)
     model = build_model(cfg, dtype=torch.float64)
     x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
     for c in (0.5, 3.0):
@@ -23,7 +23,7 @@ def test_homogeneous_policies_satisfy_phi_c_theta_equals_c_power_L(bias: str) ->
 
 
 def test_bias_in_every_layer_breaks_homogeneity_and_validate_says_so() -> None:
-    cfg = ModelConfig(input_shape=(1, 4, 4), hidden=(12, 9), bias="all", init_scale=0.3)
+    cfg = MLPConfig(input_shape=(1, 4, 4), hidden=(12, 9), bias="all", init_scale=0.3)
     model = build_model(cfg, dtype=torch.float64)
     x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
     assert not torch.allclose(scaled(model, 3.0)(x), 3.0**cfg.depth * model(x))
@@ -33,7 +33,7 @@ def test_bias_in_every_layer_breaks_homogeneity_and_validate_says_so() -> None:
 
 def test_bias_policies_place_biases() -> None:
     def biases(policy: str) -> list[bool]:
-        m = build_model(ModelConfig(input_shape=(3,), hidden=(4, 4), bias=policy))
+        m = build_model(MLPConfig(input_shape=(3,), hidden=(4, 4), bias=policy))
         return [layer.bias is not None for layer in m.layers]
 
     assert biases("none") == [False, False, False]
@@ -42,7 +42,7 @@ def test_bias_policies_place_biases() -> None:
 
 
 def test_reference_initialisation_scale_and_determinism() -> None:
-    cfg = ModelConfig(input_shape=(784,), hidden=(1000, 1000))
+    cfg = MLPConfig(input_shape=(784,), hidden=(1000, 1000))
     a, b = build_model(cfg, seed=3), build_model(cfg, seed=3)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -55,6 +55,13 @@ def test_reference_initialisation_scale_and_determinism() -> None:
 
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match=r"Expected `bias` to be one of \['all', 'first', 'none'\]\. Got 'some'"):
-        ModelConfig(bias="some")
+        MLPConfig(bias="some")
     with pytest.raises(ValueError, match=r"Expected `init_scale` > 0\. Got 0"):
-        ModelConfig(init_scale=0)
+        MLPConfig(init_scale=0)
+
+
+def test_model_config_is_the_deprecated_name_of_mlp_config() -> None:
+    from kktrecon.models import ModelConfig
+    from kktrecon.models.mlp import ModelConfig as from_module
+
+    assert ModelConfig is MLPConfig and from_module is MLPConfig

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from kktrecon.evaluation import evaluate_candidates, write_evaluation
+from kktrecon.evaluation import evaluate_candidates
+from kktrecon.pipelines import write_evaluation
 
 
 def _image_result(n: int = 6, seed: int = 0):

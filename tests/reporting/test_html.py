@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kktrecon.evaluation import evaluate_candidates, write_evaluation
+from kktrecon.evaluation import evaluate_candidates
+from kktrecon.pipelines import write_evaluation
 from kktrecon.reporting import report
 from kktrecon.reporting.html import write_audit_report
 from tests.reporting.helpers import _evaluated_dir

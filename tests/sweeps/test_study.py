@@ -14,6 +14,8 @@ import pytest
 
 from kktrecon.data import SAMPLE_ROOT, DataConfig
 from kktrecon.errors import RunDirectoryExistsError, RunStateError
+from kktrecon.evaluation import oracle_score
+from kktrecon.models import MLPConfig
 from kktrecon.sweeps import SweepConfig, sweep
 from kktrecon.training import TrainConfig, train
 
@@ -23,7 +25,9 @@ SMALL = dict(iterations=20, batch=2, extend=0, progress=False, device="cpu")
 @pytest.fixture(scope="module")
 def victim(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("v") / "victim"
-    config = TrainConfig(data=DataConfig(n_per_class=3, test_per_class=10), hidden=(32, 32), lr=0.05, steps=200)
+    config = TrainConfig(
+        data=DataConfig(n_per_class=3, test_per_class=10), model=MLPConfig(hidden=(32, 32)), lr=0.05, steps=200
+    )
     train(config, out=path, data_root=SAMPLE_ROOT, device="cpu", progress=False)
     return path
 
@@ -58,7 +62,7 @@ def test_trials_are_reconstruction_directories_and_the_best_are_pooled(victim, t
 
 
 def test_the_oracle_objective_counts_recovered_images(victim, tmp_path) -> None:
-    result = sweep(victim, tmp_path / "s", trials=2, objective="oracle", data_root=SAMPLE_ROOT, **SMALL)
+    result = sweep(victim, tmp_path / "s", trials=2, objective="oracle", oracle=oracle_score(SAMPLE_ROOT), **SMALL)
     for row in result.rows:
         metrics = json.loads((Path(row["dir"]) / "metrics.json").read_text())
         assert row["value"] == metrics["n_recovered"]
@@ -84,7 +88,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_trial(victim, tmp_
     proc.wait()
     first = [(out / "trials" / f"000{i}" / "reconstruction.json") for i in (0, 1)]
     stamps = [p.stat().st_mtime_ns for p in first]
-    from kktrecon.runs import load_state
+    from kktrecon.files import load_state
 
     cut = load_state(second)[1]["iteration"]
     result = sweep(victim, out, trials=6, batch=2, iterations=400, extend=100, checkpoint_every=20, resume=True,

@@ -6,7 +6,13 @@ What lives here:
   losses and the stationarity sum of each kind of KKT condition. A new kind is one entry.
 - ``kkt.py``: stationarity math shared by the attack and the diagnostic (per-sample gradient Gram
   matrices, the NNLS fit of λ ≥ 0).
-- ``engine.py``: :func:`reconstruct`, the optimisation loop with atomic, bit-identical checkpoints.
+- ``victim.py``: :class:`Victim`, the model under attack and what is known about it (every stage's one victim).
+- ``families.py``: the registry of attack families (the KKT attack first), each a victim and a config in
+  and a :class:`~kktrecon.candidates.CandidateSet` out.
+- ``config.py``, ``terms.py``, ``gram.py``: the KKT family's config, its loss as a list of terms, and the
+  per-layer Gram rules that let K trials advance as one program.
+- ``loop.py``: the one optimisation loop and the life of a trial (open, resume, checkpoint, finish).
+- ``engine.py``: :func:`reconstruct`, one trial; ``batched.py``: K trials at once in Gram form.
 
 What does not: data sets, training images and scores. Nothing in this package imports
 ``kktrecon.data`` or ``kktrecon.evaluation`` (a test checks it): the threat model is an attacker
@@ -16,24 +22,37 @@ who holds the weights and nothing else.
 from __future__ import annotations
 
 from kktrecon.attack.engine import ReconstructionConfig, ReconstructionResult, attack_loss, initial_state, reconstruct
+from kktrecon.attack.families import ATTACKS, AttackFamily, get_attack, register_attack, run_attack
+from kktrecon.attack.gram import GRAM_RULES, GramRule, register_gram_rule
 from kktrecon.attack.kkt import KKTDiagnosis, diagnose_model, fit_multipliers, kkt_gradients, per_sample_gram
 from kktrecon.attack.objectives import OBJECTIVES, Objective, get_objective, register_objective
+from kktrecon.attack.victim import Preprocessing, Victim
 from kktrecon.errors import ReconstructionDivergedError
 
 __all__ = [
+    "ATTACKS",
+    "GRAM_RULES",
     "OBJECTIVES",
+    "AttackFamily",
+    "GramRule",
     "KKTDiagnosis",
     "Objective",
+    "Preprocessing",
     "ReconstructionConfig",
     "ReconstructionDivergedError",
     "ReconstructionResult",
+    "Victim",
     "attack_loss",
     "diagnose_model",
     "fit_multipliers",
+    "get_attack",
     "get_objective",
     "initial_state",
     "kkt_gradients",
     "per_sample_gram",
     "reconstruct",
+    "register_attack",
+    "register_gram_rule",
     "register_objective",
+    "run_attack",
 ]

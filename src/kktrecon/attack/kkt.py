@@ -5,7 +5,7 @@ At a KKT point of min ½‖θ‖² s.t. yᵢΦ(θ; xᵢ) ≥ 1 (Haim et al. 2022
     θ = Σᵢ λᵢ yᵢ ∇θΦ(θ; xᵢ),  λᵢ ≥ 0,  λᵢ = 0 unless yᵢΦ(θ; xᵢ) = 1.
 
 :func:`kkt_gradients` computes Σⱼ cⱼ ∇θΦ(θ; xⱼ) for any coefficients (the attack differentiates it
-again, with ``create_graph``); :func:`diagnose` fits λ ≥ 0 for a victim's true training set by
+again, with ``create_graph``); :func:`diagnose_model` fits λ ≥ 0 for a victim's true training set by
 non-negative least squares and reports how far the victim is from stationarity.
 
 This module sees weights and, for the diagnostic, inputs handed to it; it never loads a data set
@@ -24,6 +24,7 @@ import torch
 from scipy.optimize import nnls
 from torch import nn
 
+from kktrecon.attack.gram import gram_rule
 from kktrecon.attack.objectives import Objective, get_objective
 from kktrecon.errors import ConfigError, UnsupportedModelError
 
@@ -34,7 +35,6 @@ __all__ = [
     "kkt_gradients",
     "per_sample_gram",
     "scalar_output",
-    "stationarity_loss",
     "stationarity_residual",
 ]
 
@@ -44,8 +44,8 @@ def scalar_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if out.dim() != 2 or out.shape[1] != 1:
         raise ConfigError(
-            f"Expected a binary model with output shape (B, 1). Got {tuple(out.shape)}; multiclass KKT is not "
-            "supported yet."
+            f"Expected a binary model with output shape (B, 1). Got {tuple(out.shape)}; for K outputs use an "
+            "objective's stationarity sum (kktrecon.attack.objectives)."
         )
     return out[:, 0]
 
@@ -57,11 +57,6 @@ def kkt_gradients(
     params = [p for p in model.parameters()]
     out = scalar_output(model, x)
     return torch.autograd.grad((out * coeffs).sum(), params, create_graph=create_graph)
-
-
-def stationarity_loss(model: nn.Module, x: torch.Tensor, coeffs: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
-    """Σ_layers ‖θ_l − ∇_{θ_l} Σⱼ cⱼ Φ(xⱼ)‖² for a binary model, the reference attack's KKT term."""
-    return stationarity_residual(model, (scalar_output(model, x) * coeffs).sum(), create_graph=create_graph)
 
 
 def stationarity_residual(model: nn.Module, weighted_sum: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
@@ -82,18 +77,17 @@ def per_sample_gram(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gram matrix of per-sample gradients ∇θ gᵢ, gᵢ = ``per_sample``(Φ(xᵢ), labelᵢ) (default: the logit Φ).
 
-    For Linear/ReLU models without materialising the gradients: for a linear layer z = W a + b,
-    ∇_W gᵢ = δᵢ aᵢᵀ with δ = ∂g/∂z, so ⟨∇_W gᵢ, ∇_W gⱼ⟩ = (δᵢ·δⱼ)(aᵢ·aⱼ) and ⟨∇_W gᵢ, W⟩ + ⟨∇_b gᵢ, b⟩
-    = δᵢ·zᵢ. Any other module (convolutions, pooling) falls back to per-sample gradients with
-    ``torch.func`` (n × |θ| floats).
+    Without materialising the gradients when every parametrised layer has a rule in
+    :data:`~kktrecon.attack.gram.GRAM_RULES` (Linear: ⟨∇_W gᵢ, ∇_W gⱼ⟩ = (δᵢ·δⱼ)(aᵢ·aⱼ), δ = ∂g/∂z);
+    any other network falls back to per-sample gradients with ``torch.func`` (n × |θ| floats).
 
     Returns:
         K (n, n) with K_ij = ⟨∇θgᵢ, ∇θgⱼ⟩, p (n,) with pᵢ = ⟨∇θgᵢ, θ⟩, and g (n,).
     """
     labels = torch.zeros(x.shape[0], device=x.device) if labels is None else labels
     per_sample = per_sample or (lambda out, _: _single_output(out))
-    if all(isinstance(m, nn.Linear) for m in model.modules() if next(m.parameters(recurse=False), None) is not None):
-        return _linear_gram(model, x, labels, per_sample)
+    if all(gram_rule(m) is not None for m in model.modules() if next(m.parameters(recurse=False), None) is not None):
+        return _rule_gram(model, x, labels, per_sample)
     return _functional_gram(model, x, labels, per_sample)
 
 
@@ -105,16 +99,17 @@ def _single_output(out: torch.Tensor) -> torch.Tensor:
     return out[:, 0]
 
 
-def _linear_gram(
+def _rule_gram(
     model: nn.Module, x: torch.Tensor, labels: torch.Tensor, per_sample: PerSample
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    captured: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+    """The Gram matrix from each layer's input and output gradient (:mod:`kktrecon.attack.gram`)."""
+    captured: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         output.retain_grad()
-        captured.append((module, inputs[0].reshape(inputs[0].shape[0], -1), output))  # type: ignore[arg-type]
+        captured.append((module, inputs[0], output))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if gram_rule(m) is not None]
     try:
         with torch.enable_grad():
             xx = x.detach().requires_grad_(True)  # makes every layer output part of a graph
@@ -127,13 +122,10 @@ def _linear_gram(
     gram = torch.zeros(n, n, dtype=x.dtype, device=x.device)
     proj = torch.zeros(n, dtype=x.dtype, device=x.device)
     for module, a, z in captured:
+        rule = gram_rule(module)
         delta = z.grad.detach()
-        a = a.detach()
-        dd = delta @ delta.T
-        gram += dd * (a @ a.T)
-        if module.bias is not None:
-            gram += dd
-        proj += (delta * z.detach()).sum(dim=1)
+        gram += rule.pair(module, a.detach().reshape(n, -1), delta.reshape(n, -1))
+        proj += rule.project(module, z.detach(), delta).reshape(n, -1).sum(dim=1)
     return gram, proj, g.detach()
 
 

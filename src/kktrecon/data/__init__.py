@@ -7,9 +7,10 @@ which source images were used, so reconstructions are compared to the images the
 
 What lives here:
 
-- ``registry.py``: :class:`DatasetSpec`, :class:`Task` and the :data:`DATASETS` registry. A new data
-  set is one module that reads its files and calls :func:`register_dataset`.
-- ``dataset.py``: :class:`DataConfig`, :class:`Dataset`, :func:`load_dataset`, the data root.
+- ``registry.py``: :class:`DatasetSpec`, :class:`Task`, the :data:`DATASETS` registry and
+  :class:`DataConfig` (validated against it). A new data set is one module that reads its files and
+  calls :func:`register_dataset`.
+- ``dataset.py``: :class:`Dataset`, :func:`load_dataset`, the data root.
 - ``files.py``: first-``n``-per-class selection and file checks shared by file-backed data sets.
 - ``mnist.py`` (IDX), ``cifar.py`` (pickles through a restricted unpickler), ``toy.py`` (2-D points).
 - ``downloads.py``: the official archives, SHA-256 verified. ``sample/``: the embedded MNIST sample.
@@ -27,10 +28,10 @@ Example:
 from __future__ import annotations
 
 from kktrecon.data import cifar, mnist, toy  # noqa: F401  (each registers its data set)
-from kktrecon.data.dataset import DATA_ROOT_ENV, SAMPLE_ROOT, DataConfig, Dataset, load_dataset, resolve_data_root
+from kktrecon.data.dataset import DATA_ROOT_ENV, SAMPLE_ROOT, Dataset, load_dataset, resolve_data_root
 from kktrecon.data.downloads import download
 from kktrecon.data.mnist import make_sample
-from kktrecon.data.registry import DATASETS, Archive, DatasetSpec, Task, register_dataset
+from kktrecon.data.registry import DATASETS, Archive, DataConfig, DatasetSpec, Task, register_dataset
 from kktrecon.data.toy import make_toy
 from kktrecon.errors import CorruptDataError, DataError, DataNotFoundError, NotEnoughSamplesError
 

@@ -1,4 +1,4 @@
-"""The configuration of a training set, the loaded :class:`Dataset`, and :func:`load_dataset`.
+"""The loaded :class:`Dataset` and :func:`load_dataset` (its :class:`DataConfig` lives in ``registry.py``).
 
 Haim et al. (NeurIPS 2022, §5) train on the first ``n`` images of each class in the order of the
 data set's own files, pixels scaled to [0, 1], minus the per-pixel mean of the selected training
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from kktrecon.checks import is_int
-from kktrecon.data.registry import get_spec
+from kktrecon.data.registry import DataConfig, get_spec
+from kktrecon.devices import resolve_device, resolve_dtype
 from kktrecon.errors import DataError
-from kktrecon.runs import resolve_device, resolve_dtype
 
 __all__ = ["DATA_ROOT_ENV", "SAMPLE_ROOT", "DataConfig", "Dataset", "is_int", "load_dataset", "resolve_data_root"]
 
@@ -32,40 +32,6 @@ SAMPLE_ROOT: Path = Path(__file__).resolve().parent / "sample"
 
 #: Environment variable naming the data root when no ``data_root`` argument is given.
 DATA_ROOT_ENV = "KKTRECON_DATA"
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which data the victim is trained on.
-
-    Attributes:
-        dataset: A key of :data:`DATASETS`: ``"mnist"``, ``"cifar10"`` or ``"toy"``.
-        task: A key of that data set's task registry. MNIST: ``"odd-even"`` (label % 2) or
-            ``"digits"``; CIFAR-10: ``"vehicles-animals"`` or ``"classes"``; toy: the layout,
-            ``"spiral"`` or ``"grid"``.
-        n_per_class: Training images per class: the first ones of each class in file order.
-        test_per_class: Test images per class, likewise from the test file (unused by the toy).
-        seed: Only for the toy generator (spiral labels); real data selection is deterministic.
-    """
-
-    dataset: str = "mnist"
-    task: str = "odd-even"
-    n_per_class: int = 250
-    test_per_class: int = 500
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("dataset", "task"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise DataError(f"Expected `{name}` to be a string. Got {value!r}.")
-        get_spec(self.dataset).task(self.task)
-        for name in ("n_per_class", "test_per_class"):
-            value = getattr(self, name)
-            if not is_int(value) or value < 1:
-                raise DataError(f"Expected `{name}` to be a positive integer. Got {value!r}.")
-        if not is_int(self.seed):
-            raise DataError(f"Expected `seed` to be an integer. Got {self.seed!r}.")
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""The data-set registry: what a data set is (files, shape, tasks) and how it is built.
+"""The data-set registry: what a data set is (files, shape, tasks), how it is built, and how one is chosen.
 
 A data set is one :class:`DatasetSpec` in :data:`DATASETS`, added with :func:`register_dataset` by
 the module that reads its files (``mnist.py``, ``cifar.py``, ``toy.py``). Each spec carries its
 :class:`Task` registry (labellings such as odd/even), so nothing dispatches on names with if/elif.
+:class:`DataConfig` (which data set, task and counts) lives here too: it is validated against the
+registry, and a spec's ``build`` takes one, so both belong to this module and ``dataset.py`` imports
+them without an import cycle.
 """
 
 from __future__ import annotations
@@ -10,17 +13,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
+from kktrecon.checks import is_int
 from kktrecon.errors import DataError
 from kktrecon.registry import Registry
 
-if TYPE_CHECKING:
-    from kktrecon.data.dataset import DataConfig
-
-__all__ = ["DATASETS", "Archive", "Built", "DatasetSpec", "Source", "Task", "get_spec", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "Archive",
+    "Built",
+    "DataConfig",
+    "DatasetSpec",
+    "Source",
+    "Task",
+    "get_spec",
+    "register_dataset",
+]
 
 
 @dataclass(frozen=True)
@@ -147,3 +158,37 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 def get_spec(name: str) -> DatasetSpec:
     """The data set called ``name``; unknown names list the registered ones."""
     return DATASETS.get_entry(name)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data the victim is trained on.
+
+    Attributes:
+        dataset: A key of :data:`DATASETS`: ``"mnist"``, ``"cifar10"`` or ``"toy"``.
+        task: A key of that data set's task registry. MNIST: ``"odd-even"`` (label % 2) or
+            ``"digits"``; CIFAR-10: ``"vehicles-animals"`` or ``"classes"``; toy: the layout,
+            ``"spiral"`` or ``"grid"``.
+        n_per_class: Training images per class: the first ones of each class in file order.
+        test_per_class: Test images per class, likewise from the test file (unused by the toy).
+        seed: Only for the toy generator (spiral labels); real data selection is deterministic.
+    """
+
+    dataset: str = "mnist"
+    task: str = "odd-even"
+    n_per_class: int = 250
+    test_per_class: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("dataset", "task"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise DataError(f"Expected `{name}` to be a string. Got {value!r}.")
+        get_spec(self.dataset).task(self.task)
+        for name in ("n_per_class", "test_per_class"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise DataError(f"Expected `{name}` to be a positive integer. Got {value!r}.")
+        if not is_int(self.seed):
+            raise DataError(f"Expected `seed` to be an integer. Got {self.seed!r}.")

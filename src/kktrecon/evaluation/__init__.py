@@ -12,10 +12,15 @@ What lives here (pure functions on tensors apart from the file-level pipeline):
 - ``toy.py``: the 2-D toy's score: points with a candidate nearby, on and off the margin.
 - ``outputs.py``: the victim's outputs and margins on its training samples.
 - ``candidates.py``: reading and pooling reconstruction directories of one victim.
-- ``pipeline.py``: :func:`evaluate_candidates` (in memory) and :func:`evaluate` (files in, metrics,
-  ``per_sample.csv`` and figures out).
+- ``pipeline.py``: :func:`evaluate_candidates` (in memory) and :func:`evaluate` (files in, metrics and
+  ``per_sample.csv`` out; figures through a ``draw`` function it is given).
 
-What does not: drawing (``kktrecon.reporting``, which never imports this package) and the attack.
+The result dataclasses live in ``kktrecon.results`` and the oracle-free tensor helpers (NCC distance,
+chunked forward) in ``kktrecon.tensors``, so that reporting and the sweep need not import this
+package; both are re-exported here.
+
+What does not: drawing (``kktrecon.reporting``; the two never import each other, and
+``kktrecon.pipelines`` composes them: :func:`kktrecon.evaluate` evaluates, then draws) and the attack.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from __future__ import annotations
 from kktrecon.errors import VictimMismatchError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.matching import match_nearest, ncc_distance
+from kktrecon.evaluation.oracle import oracle_score
 from kktrecon.evaluation.pipeline import (
     EvaluationConfig,
     EvaluationResult,
+    FigureWriter,
     evaluate,
     evaluate_candidates,
     write_evaluation,
@@ -38,6 +45,7 @@ __all__ = [
     "SSIM_WINDOW",
     "EvaluationConfig",
     "EvaluationResult",
+    "FigureWriter",
     "Scores",
     "ToyScores",
     "VictimMismatchError",
@@ -48,6 +56,7 @@ __all__ = [
     "load_candidates",
     "match_nearest",
     "ncc_distance",
+    "oracle_score",
     "score_candidates",
     "score_toy",
     "ssim_per_image",

@@ -9,22 +9,9 @@ from torch import Tensor
 
 from kktrecon.attack.objectives import Objective, default_objective
 from kktrecon.errors import ConfigError
+from kktrecon.tensors import forward_chunked
 
 __all__ = ["forward_chunked", "normalised_margins", "outputs_and_margins"]
-
-# Outputs are computed in chunks so that a convolutional victim on a large pool fits in memory.
-_FORWARD_CHUNK = 1024
-
-
-@torch.no_grad()
-def forward_chunked(model: torch.nn.Module, x: Tensor) -> Tensor:
-    """``model(x)`` in chunks, on the model's device and dtype, returned as float64 on the CPU."""
-    param = next(iter(model.parameters()), None)
-    if param is not None:
-        x = x.to(param.device, param.dtype)
-    chunks = [model(x[i : i + _FORWARD_CHUNK]) for i in range(0, x.shape[0], _FORWARD_CHUNK)]
-    out = torch.cat(chunks) if chunks else model(x)
-    return out.detach().to("cpu", torch.float64)
 
 
 def outputs_and_margins(raw: Tensor, labels: Tensor, objective: Objective | None = None) -> tuple[Tensor, Tensor]:

@@ -1,9 +1,15 @@
-"""Evaluation as a pipeline: candidates and a training set in, metrics, a table and figures out.
+"""Evaluation as a pipeline: candidates and a training set in, metrics and a table out.
 
 :func:`evaluate_candidates` composes the pure steps (matching, scoring, the chance level, the toy
 score) on tensors held in memory; :func:`write_evaluation` writes its result; :func:`evaluate` is
 the file-level stage: it pools reconstruction directories of one victim, reloads the victim and its
-training set, and writes ``metrics.json``, ``per_sample.csv`` and the figures.
+training set, and writes ``metrics.json`` and ``per_sample.csv``.
+
+Evaluation never draws: figures are reporting's, and the two packages do not import each other.
+Both writers take a ``draw`` function (:data:`FigureWriter`) that puts figures beside the metrics,
+before ``metrics.json`` lists the files; :mod:`kktrecon.pipelines` passes
+:func:`kktrecon.reporting.save_figures`, which is what the public :func:`kktrecon.evaluate` and the
+CLI call.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +32,10 @@ from kktrecon.data import Dataset
 from kktrecon.errors import CheckpointError, ConfigError, RunDirectoryExistsError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.outputs import forward_chunked, normalised_margins, outputs_and_margins
-from kktrecon.evaluation.scores import Scores, image_metrics, score_candidates
-from kktrecon.evaluation.toy import ToyScores, score_toy, toy_grid, toy_metrics
-from kktrecon.evaluation.verdict import Verdict, chance_metrics, recovery_verdict, verdict_metrics
-from kktrecon.reporting.figures import save_figures
-from kktrecon.runs import (
+from kktrecon.evaluation.scores import image_metrics, score_candidates
+from kktrecon.evaluation.toy import score_toy, toy_grid, toy_metrics
+from kktrecon.evaluation.verdict import chance_metrics, recovery_verdict, verdict_metrics
+from kktrecon.files import (
     METRICS_FILE,
     PER_SAMPLE_FILE,
     POOL_DIR,
@@ -41,16 +46,22 @@ from kktrecon.runs import (
     package_versions,
     read_json,
 )
+from kktrecon.results import EvaluationResult, Scores, ToyScores, Verdict
 from kktrecon.victims import load_victim
 
 __all__ = [
     "EvaluationConfig",
     "EvaluationResult",
+    "FigureWriter",
     "evaluate",
     "evaluate_candidates",
     "held_out_pool",
     "write_evaluation",
 ]
+
+#: Draws an evaluation's figures into a directory and returns the files written, by name
+#: (:func:`kktrecon.reporting.save_figures` is one).
+FigureWriter = Callable[[EvaluationResult, Path], dict[str, Path]]
 
 
 @dataclass(frozen=True)
@@ -87,47 +98,6 @@ class EvaluationConfig:
             raise ConfigError(f"Expected `toy_radius` to be a positive number. Got {self.toy_radius!r}.")
         if not (isinstance(self.margin_tol, int | float) and self.margin_tol >= 0):
             raise ConfigError(f"Expected `margin_tol` to be a non-negative number. Got {self.margin_tol!r}.")
-
-
-@dataclass
-class EvaluationResult:
-    """Everything :func:`evaluate_candidates` computed, ready to write or plot.
-
-    Attributes:
-        metrics: the summary written to ``metrics.json``.
-        rows: one dict per training sample, the rows of ``per_sample.csv``.
-        scores: :class:`Scores` (images) or :class:`ToyScores` (2-D toy).
-        is_image: whether the task is an image task.
-        labels: training labels (n,), as the dataset gives them (0/1 for binary tasks).
-        outputs: the model's output Φ(xᵢ) (binary) or the true-class logit (multiclass), shape (n,).
-        margins: yᵢΦ(xᵢ) with yᵢ = ±1 (binary), Φ_y − max_{k≠y} Φ_k (multiclass), shape (n,).
-        class_names: names of the classes, indexed by label.
-        train_images: training images + mean in [0, 1] (images only).
-        points: training points (toy only).
-        candidates: the (pooled) candidates: points (toy), or images as the attack made them (mean-subtracted).
-        candidate_labels: the candidates' labels (toy only).
-        toy_grid: (xs, ys, Φ) on a grid for the decision boundary plot (toy with a model only).
-        verdict: which training images were recovered, with their baselines (images only).
-        out_dir: where :func:`write_evaluation` wrote the files, once it has.
-        files: the files written, by name.
-    """
-
-    metrics: dict[str, Any]
-    rows: list[dict[str, Any]]
-    scores: Scores | ToyScores
-    is_image: bool
-    labels: Tensor
-    outputs: Tensor
-    margins: Tensor
-    class_names: tuple[str, ...]
-    train_images: Tensor | None = None
-    points: Tensor | None = None
-    candidates: Tensor | None = None
-    candidate_labels: Tensor | None = None
-    toy_grid: tuple[Any, Any, Any] | None = None
-    verdict: Verdict | None = None
-    out_dir: Path | None = None
-    files: dict[str, Path] = field(default_factory=dict)
 
 
 def evaluate_candidates(
@@ -404,17 +374,20 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, figures: bool = True) -> dict[str, Path]:
-    """Write ``metrics.json``, ``per_sample.csv`` and (optionally) the figures into ``out_dir``.
+def write_evaluation(
+    result: EvaluationResult, out_dir: str | Path, *, draw: FigureWriter | None = None
+) -> dict[str, Path]:
+    """Write ``metrics.json``, ``per_sample.csv`` and, with ``draw``, the figures into ``out_dir``.
 
     Every file is written atomically. Non-finite numbers become ``null`` in JSON and ``nan``/``inf``
-    in the CSV.
+    in the CSV. :func:`kktrecon.pipelines.write_evaluation` is this with reporting's figures.
 
     Args:
         result: what :func:`evaluate_candidates` returned.
         out_dir: the directory to write into (created when missing).
-        figures: also draw ``fig_pairs.png`` and ``fig_ssim_vs_output.png`` (images) or
-            ``fig_toy.png`` (toy).
+        draw: draws the figures into ``out_dir`` before ``metrics.json`` lists the files written
+            (:func:`kktrecon.reporting.save_figures`: ``fig_pairs.png`` and ``fig_ssim_vs_output.png``
+            for images, ``fig_toy.png`` for the toy); None: no figures.
 
     Returns:
         The written files by name; also stored in ``result.files``.
@@ -432,8 +405,8 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, figures: 
     atomic_write_text(out_dir / PER_SAMPLE_FILE, buffer.getvalue())
     files[PER_SAMPLE_FILE] = out_dir / PER_SAMPLE_FILE
 
-    if figures:
-        files.update(save_figures(result, out_dir))
+    if draw is not None:
+        files.update(draw(result, out_dir))
     result.metrics["files"] = sorted(files)
 
     atomic_write_json(out_dir / METRICS_FILE, _json_safe(result.metrics))
@@ -493,6 +466,7 @@ def evaluate(
     data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
     out_dir: str | Path | None = None,
+    draw: FigureWriter | None = None,
     figures: bool = True,
     force: bool = False,
     **overrides: Any,
@@ -510,14 +484,16 @@ def evaluate(
             replace its fields.
         device: where to run the victim and the scoring.
         out_dir: where to write; defaults to the first reconstruction directory.
-        figures: draw the figures (``fig_pairs.png``, ``fig_ssim_vs_output.png`` or ``fig_toy.png``).
+        draw: draws the figures, as in :func:`write_evaluation`; None: no figures
+            (:func:`kktrecon.evaluate` passes reporting's).
+        figures: False skips ``draw``, for callers that want the metrics only.
         force: replace an earlier evaluation in the output directory (refused otherwise).
 
     Returns:
         :class:`EvaluationResult`, with ``out_dir`` and ``files`` set.
 
     Writes:
-        ``metrics.json`` (summary), ``per_sample.csv`` (one row per training sample) and figures.
+        ``metrics.json`` (summary), ``per_sample.csv`` (one row per training sample) and what ``draw`` draws.
 
     Raises:
         VictimMismatchError: when the directories come from different victims.
@@ -534,8 +510,7 @@ def evaluate(
             f"{pooled.rec_dirs[0]} attacked a model held in memory, not a victim directory: evaluate it with "
             "kktrecon.evaluate_candidates and the training images (kktrecon.audit does)."
         )
-    victim = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
-    ds = victim.dataset
+    victim, ds = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
     config = dataclasses.replace(config or EvaluationConfig(), **overrides)
     held_out, source = held_out_pool(ds, config.held_out)
     objective = get_objective(victim.manifest.get("objective") or ds.objective)
@@ -571,5 +546,5 @@ def evaluate(
             "versions": package_versions(),
         }
     )
-    write_evaluation(result, target, figures=figures)
+    write_evaluation(result, target, draw=draw if figures else None)
     return result

@@ -14,14 +14,15 @@ Two SSIMs per training image, both the mean of ``kornia.metrics.ssim(window_size
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from kktrecon.errors import ConfigError
-from kktrecon.evaluation.matching import check_images, match_nearest, ncc_distance
+from kktrecon.evaluation.matching import match_nearest
+from kktrecon.results import Scores
+from kktrecon.tensors import check_images, ncc_distance
 
 __all__ = [
     "SSIM_WINDOW",
@@ -38,29 +39,6 @@ __all__ = [
 SSIM_WINDOW = 3
 # PSNR of an exact copy is infinite; cap it (MSE floor 1e-10 -> 100 dB) so that JSON and medians stay finite.
 _MSE_FLOOR = 1e-10
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Per-training-image scores of a candidate set (all tensors have length n, float64 unless noted).
-
-    Attributes:
-        match: index of the matched candidate (int64), -1 when the image has none (best buddies only).
-        ncc: NCC distance to the matched candidate (NaN when unmatched).
-        ssim_reference: SSIM of the min-max scaled candidate + mean (the paper's protocol); 0 when unmatched.
-        ssim_aligned: SSIM of the scale-aligned candidate + mean, clipped to [0, 1]; 0 when unmatched.
-        psnr: PSNR in dB of the aligned candidate (data range 1, capped at 100); NaN when unmatched.
-        scale: the least-squares scale ``c >= 0`` applied to the candidate (NaN when unmatched).
-        aligned: the aligned candidate images in [0, 1], shape (n, C, H, W); zeros when unmatched.
-    """
-
-    match: Tensor
-    ncc: Tensor
-    ssim_reference: Tensor
-    ssim_aligned: Tensor
-    psnr: Tensor
-    scale: Tensor
-    aligned: Tensor
 
 
 def ssim_per_image(a: Tensor, b: Tensor) -> Tensor:

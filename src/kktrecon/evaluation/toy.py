@@ -7,7 +7,6 @@ have one within a radius, split into points on the margin (the KKT support, Î»áµ
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,22 +14,10 @@ from torch import Tensor
 
 from kktrecon.errors import ConfigError
 from kktrecon.evaluation.matching import match_nearest
-from kktrecon.evaluation.outputs import forward_chunked
+from kktrecon.results import ToyScores
+from kktrecon.tensors import forward_chunked
 
 __all__ = ["ToyScores", "score_toy", "toy_grid", "toy_metrics"]
-
-
-@dataclass(frozen=True)
-class ToyScores:
-    """Per-training-point scores of a candidate set in the 2-D toy.
-
-    Attributes:
-        match: index of the nearest candidate (int64), -1 when none (best buddies only).
-        distance: Euclidean distance to the matched candidate (inf when unmatched).
-    """
-
-    match: Tensor
-    distance: Tensor
 
 
 def score_toy(candidates: Tensor, points: Tensor, *, best_buddies: bool = False) -> ToyScores:

@@ -18,15 +18,16 @@ reaches, and its chance level (its nearest *other* training image).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from kktrecon.errors import ConfigError
-from kktrecon.evaluation.matching import check_images, match_nearest, ncc_distance
-from kktrecon.evaluation.scores import Scores, aligned_ssim, finite_median, score_matches
+from kktrecon.evaluation.matching import match_nearest
+from kktrecon.evaluation.scores import aligned_ssim, finite_median, score_matches
+from kktrecon.results import Scores, Verdict
+from kktrecon.tensors import check_images, ncc_distance
 
 __all__ = ["Verdict", "chance_level", "chance_metrics", "recovery_verdict", "verdict_metrics"]
 
@@ -68,39 +69,6 @@ def chance_metrics(train_images: Tensor, mean: Tensor, *, threshold: float, down
         "chance_median_ssim_reference": finite_median(base.ssim_reference.to("cpu")),
         "chance_level": "each training image against its NCC-nearest other training image",
     }
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Per training image (all tensors length n): recovered or not, and the baselines to read it against.
-
-    Attributes:
-        recovered: bool; a candidate whose nearest pool image is this one has aligned SSIM > threshold.
-        candidate: the candidate that recovers it (the best such candidate), -1 when none does.
-        ssim: that candidate's aligned SSIM (the best among candidates that chose this image; 0 if none).
-        images: that candidate, scale-aligned, in [0, 1] (zeros if none), for the figures.
-        distance_ratio: d(ĉ, xᵢ) / min_h d(ĉ, h) for the matched candidate ĉ (NaN without held-out images).
-        held_out_index: index of xᵢ's NCC-nearest held-out image (-1 without held-out images).
-        held_out_ssim: that look-alike's aligned SSIM with xᵢ (0 without held-out images).
-        held_out_images: those look-alikes, scale-aligned, in [0, 1] (for the figures).
-        chance_ssim: aligned SSIM of xᵢ's nearest other training image (0 when n < 2).
-        candidate_real: per *candidate* (m,): its nearest pool image is a training image and their
-            aligned SSIM exceeds the threshold (what an attacker's ranking is judged against).
-        candidate_nearest: per candidate (m,): the training image nearest to it when that is its
-            nearest pool image, else -1 (nearest to a held-out image).
-    """
-
-    recovered: Tensor
-    candidate: Tensor
-    ssim: Tensor
-    images: Tensor
-    distance_ratio: Tensor
-    held_out_index: Tensor
-    held_out_ssim: Tensor
-    held_out_images: Tensor
-    chance_ssim: Tensor
-    candidate_real: Tensor
-    candidate_nearest: Tensor
 
 
 def recovery_verdict(

@@ -17,6 +17,7 @@ from kktrecon.data import DataConfig
 from kktrecon.demo import DemoConfig
 from kktrecon.errors import ConfigError
 from kktrecon.experiments.grid import Cell, Experiment
+from kktrecon.models import CNNConfig, MLPConfig
 from kktrecon.registry import Registry
 from kktrecon.training import TrainConfig
 
@@ -155,7 +156,7 @@ for _exp in (
         cpu=tuple(
             Cell(
                 label.replace(" ", "-"),
-                victim(hidden=hidden, bias=bias),
+                victim(model=MLPConfig(hidden=hidden, bias=bias)),
                 winner("mnist", 2, **_CPU_ATTACK),
                 restarts=2,
                 group="arch",
@@ -166,7 +167,7 @@ for _exp in (
         paper=tuple(
             Cell(
                 label.replace(" ", "-"),
-                paper_victim(hidden=hidden, bias=bias),
+                paper_victim(model=MLPConfig(hidden=hidden, bias=bias)),
                 winner("mnist", 2, **_PAPER_ATTACK),
                 group="arch",
                 label=label,
@@ -252,7 +253,7 @@ for _exp in (
             Cell("mlp", victim(), winner("mnist", 2, **_CPU_ATTACK), restarts=2, label="MLP, odd/even"),
             Cell(
                 "cnn",
-                victim(model="cnn", hidden=(), init_scale=1e-2, lr=0.05),
+                victim(model=CNNConfig(hidden=(), init_scale=1e-2), lr=0.05),
                 winner("mnist", 2, **_CPU_ATTACK),
                 restarts=2,
                 label="CNN, odd/even",
@@ -268,7 +269,7 @@ for _exp in (
         paper=(
             Cell(
                 "cnn",
-                paper_victim(model="cnn", hidden=(), init_scale=1e-2),
+                paper_victim(model=CNNConfig(hidden=(), init_scale=1e-2)),
                 winner("mnist", 2, **_PAPER_ATTACK),
                 label="CNN, odd/even, n = 500",
             ),

@@ -10,42 +10,45 @@ are ``OUT/results.md`` and ``OUT/results.json`` and the figures named by the exp
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from kktrecon.attack.batched import reconstruct_batch
 from kktrecon.attack.objectives import get_objective
+from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int
+from kktrecon.configs import config_to_dict
 from kktrecon.data import SAMPLE_ROOT
-from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunStateError
-from kktrecon.evaluation import evaluate
+from kktrecon.errors import RunStateError
 from kktrecon.experiments.catalog import EXPERIMENTS
 from kktrecon.experiments.grid import Cell, Experiment
-from kktrecon.models import load_checkpoint
-from kktrecon.reporting.figures import FIG_PAIRS, FIG_TOY, figure_png, plot_panels
-from kktrecon.runs import (
+from kktrecon.files import (
     CANDIDATES_FILE,
     RECONSTRUCTION_FILE,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    config_to_dict,
     package_versions,
     read_json,
 )
+from kktrecon.models import load_checkpoint
+from kktrecon.pipelines import evaluate
+from kktrecon.reporting.figures import FIG_PAIRS, FIG_TOY, figure_png, plot_panels
+from kktrecon.runs import RunKind, open_run
 from kktrecon.sweeps.selection import on_the_margin
 from kktrecon.training import train
 
 __all__ = ["ExperimentResult", "experiment"]
 
 EXPERIMENT_FILE = "experiment.json"
+#: An experiment directory: its cells' record when it starts, its results when it ends, its cells.
+EXPERIMENT_RUN = RunKind(
+    manifest="results.json", state=EXPERIMENT_FILE, outputs=("results.md",), dirs=("cells",), what="experiment"
+)
 RESULT_FILE = "result.json"
 # The embedded sample holds the first 500 training and test images of MNIST: enough for CPU-scale cells.
 _SAMPLE_PER_CLASS = {"odd-even": (200, 200), "digits": (35, 35), "digit-value": (35, 35)}  # (train, test)
@@ -108,8 +111,7 @@ def experiment(
 
 
 def _open(out: Path, exp: Experiment, scale: str, cells: tuple[Cell, ...], *, resume: bool, force: bool) -> Path:
-    if force and resume:
-        raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
+    """Create or reopen an experiment directory (the shared lifecycle), refusing other cells on resume."""
     record = {
         "format": "kktrecon.experiment/1",
         "experiment": exp.name,
@@ -117,22 +119,16 @@ def _open(out: Path, exp: Experiment, scale: str, cells: tuple[Cell, ...], *, re
         "cells": [config_to_dict(c) for c in cells],
         "versions": package_versions(),
     }
-    manifest = out / EXPERIMENT_FILE
-    if manifest.exists() and force:
-        shutil.rmtree(out / "cells", ignore_errors=True)
-        manifest.unlink()
-    elif manifest.exists() and not resume:
-        raise RunDirectoryExistsError(f"{out} already holds an experiment; pass --resume to continue it or --force.")
-    elif manifest.exists():
-        saved = read_json(manifest)
+    run = open_run(out, EXPERIMENT_RUN, force=force, resume=resume)
+    if run.status != "new":
+        saved = read_json(run.path / EXPERIMENT_FILE)
         if (saved.get("experiment"), saved.get("scale"), saved.get("cells")) != (exp.name, scale, record["cells"]):
             raise RunStateError(
                 f"Cannot resume {out}: it holds {saved.get('experiment')!r} at scale {saved.get('scale')!r} with "
                 "other cells. Choose another directory, or --force."
             )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, record)
-    return out
+    atomic_write_json(run.path / EXPERIMENT_FILE, record)
+    return run.path
 
 
 def _data_root(cell: Cell, data_root: str | Path | None) -> str | Path | None:
@@ -209,24 +205,21 @@ def _read_out(out: Path) -> int:
 def _pool(folder: Path, cell: Cell, outs: list[Path]) -> Path:
     """All read-outs of all restarts in one candidate set (``folder/pool``), filtered by the margin band."""
     files = sorted(f for out in outs for f in out.glob("readout-*.safetensors")) or [o / CANDIDATES_FILE for o in outs]
-    tensors = [st_load(f.read_bytes()) for f in files]
-    x, lam, y = (torch.cat([t[k] for t in tensors]) for k in ("x", "lam", "y"))
+    pooled = CandidateSet.concatenate([CandidateSet.load(f) for f in files])
     manifest = read_json(outs[0] / RECONSTRUCTION_FILE)
     if cell.margin_band is not None:
         model, _ = load_checkpoint(folder / "victim", dtype=torch.float64)
-        keep = on_the_margin(model.eval(), get_objective(manifest["objective"]), x.double(), y, cell.margin_band)
-        x, lam, y = x[keep], lam[keep], y[keep]
+        objective = get_objective(manifest["objective"])
+        pooled = pooled.take(on_the_margin(model.eval(), objective, pooled.x.double(), pooled.y, cell.margin_band))
     pool = folder / "pool"
-    atomic_write_bytes(
-        pool / CANDIDATES_FILE, st_save({"x": x.contiguous(), "lam": lam.contiguous(), "y": y.contiguous()})
-    )
+    pooled.save(pool)
     atomic_write_json(
         pool / RECONSTRUCTION_FILE,
         {
             "format": "kktrecon.pool/1",
             "victim": manifest["victim"],
             "objective": manifest["objective"],
-            "candidates": len(x),
+            "candidates": len(pooled),
             "sources": [str(f) for f in files],
             "margin_band": cell.margin_band,
             "loss_history": [],

@@ -4,7 +4,8 @@ What lives here:
 
 - ``registry.py``: :data:`ARCHITECTURES`, :func:`register_architecture`, :func:`build_model`.
   A new kind of victim is one module with a config dataclass and a seeded builder.
-- ``mlp.py``: ReLU MLPs with a bias policy (the paper's d-1000-1000-1 and its ablations).
+- ``mlp.py``: ReLU MLPs with a bias policy (the paper's d-1000-1000-1 and its ablations); :class:`MLPConfig`
+  (``ModelConfig`` is its deprecated old name).
 - ``cnn.py``: ReLU CNNs (strided Conv2d stacks, then a linear head) with the same bias policies.
 - ``activations.py``: :class:`ModifiedReLU` (ReLU forward, sigmoid(α·z) backward) for the attack.
 - ``validation.py``: :func:`validate` and :func:`findings`, every reason a model does not fit the
@@ -22,7 +23,7 @@ from kktrecon.errors import CheckpointError, UnsupportedModelError
 from kktrecon.models.activations import ModifiedReLU, with_modified_relu
 from kktrecon.models.checkpoints import load_checkpoint, save_checkpoint, weights_fingerprint
 from kktrecon.models.cnn import CNN, CNNConfig
-from kktrecon.models.mlp import BIAS_POLICIES, MLP, ModelConfig
+from kktrecon.models.mlp import BIAS_POLICIES, MLP, MLPConfig, ModelConfig
 from kktrecon.models.registry import ARCHITECTURES, Architecture, build_model, register_architecture
 from kktrecon.models.spec import build_sequential, fit_weights, load_spec, load_weights
 from kktrecon.models.validation import Finding, findings, validate, warn_if_unsupported
@@ -36,7 +37,8 @@ __all__ = [
     "CNNConfig",
     "CheckpointError",
     "Finding",
-    "ModelConfig",
+    "MLPConfig",
+    "ModelConfig",  # deprecated alias of MLPConfig
     "ModifiedReLU",
     "UnsupportedModelError",
     "build_model",

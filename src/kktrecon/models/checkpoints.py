@@ -12,18 +12,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from kktrecon.configs import config_from_dict, config_to_dict
+from kktrecon.devices import resolve_device
 from kktrecon.errors import CheckpointError
+from kktrecon.files import VICTIM_FILE, VICTIM_WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, read_json
 from kktrecon.models.registry import architecture_of, get_architecture, parameter_shapes
-from kktrecon.runs import (
-    VICTIM_FILE,
-    VICTIM_WEIGHTS_FILE,
-    atomic_write_bytes,
-    atomic_write_json,
-    config_from_dict,
-    config_to_dict,
-    read_json,
-    resolve_device,
-)
 
 __all__ = ["check_state_dict", "load_checkpoint", "read_header", "save_checkpoint", "weights_fingerprint"]
 

@@ -19,7 +19,7 @@ from kktrecon.checks import check_int, check_ints, check_number
 from kktrecon.errors import ConfigError
 from kktrecon.models.registry import Architecture, register_architecture
 
-__all__ = ["BIAS_POLICIES", "MLP", "ModelConfig", "build_mlp"]
+__all__ = ["BIAS_POLICIES", "MLP", "MLPConfig", "ModelConfig", "build_mlp"]
 
 # Which linear layers carry a bias, by policy: f(layer index, number of layers) -> bool.
 BIAS_POLICIES: dict[str, Any] = {
@@ -32,7 +32,7 @@ HOMOGENEOUS_POLICIES = frozenset({"none", "first"})
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class MLPConfig:
     """Architecture of a ReLU MLP victim.
 
     Args:
@@ -75,10 +75,14 @@ class ModelConfig:
         return len(self.hidden) + 1
 
 
+#: Deprecated: the name :class:`MLPConfig` had before each architecture's config got its own name.
+ModelConfig = MLPConfig
+
+
 class MLP(nn.Module):
     """ReLU MLP ``d → hidden… → num_outputs`` with a bias policy and a swappable activation."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: MLPConfig) -> None:
         super().__init__()
         self.config = config
         dims = [config.input_dim, *config.hidden, config.num_outputs]
@@ -94,7 +98,7 @@ class MLP(nn.Module):
         return self.layers[-1](h)
 
 
-def build_mlp(config: ModelConfig, gen: torch.Generator) -> MLP:
+def build_mlp(config: MLPConfig, gen: torch.Generator) -> MLP:
     """A freshly initialised :class:`MLP` drawn from ``gen``, as the reference initialises it."""
     model = MLP(config)
     with torch.no_grad():
@@ -102,7 +106,7 @@ def build_mlp(config: ModelConfig, gen: torch.Generator) -> MLP:
     return model
 
 
-def _init_layers(model: MLP, config: ModelConfig, gen: torch.Generator) -> None:
+def _init_layers(model: MLP, config: MLPConfig, gen: torch.Generator) -> None:
     for i, layer in enumerate(model.layers):
         fan_in = layer.in_features
         if i == 0:
@@ -123,7 +127,7 @@ def _init_layers(model: MLP, config: ModelConfig, gen: torch.Generator) -> None:
 register_architecture(
     Architecture(
         name="mlp",
-        config=ModelConfig,
+        config=MLPConfig,
         module=MLP,
         build=build_mlp,
         description="ReLU MLP d-…-K with a bias policy (the paper's victims)",

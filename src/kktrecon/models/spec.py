@@ -32,10 +32,10 @@ from torch import nn
 
 from kktrecon.checks import is_int
 from kktrecon.errors import CheckpointError, ConfigError
+from kktrecon.files import read_json
 from kktrecon.models.checkpoints import check_state_dict
 from kktrecon.models.cnn import conv_output_size
 from kktrecon.registry import Registry
-from kktrecon.runs import read_json
 
 __all__ = ["LAYER_KINDS", "LayerKind", "build_sequential", "fit_weights", "load_spec", "load_weights"]
 

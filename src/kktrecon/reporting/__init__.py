@@ -7,8 +7,10 @@ What lives here:
 - ``html.py``: :func:`report`, one offline ``report.html`` (figures embedded, no scripts), and
   :func:`headline`, the one-line result every command prints.
 
-What does not: computing scores. This package reads evaluation results and the files the stages
-wrote; it never imports ``kktrecon.evaluation`` at run time (a test checks the import graph).
+What does not: computing scores. This package reads evaluation results (the plain dataclasses of
+``kktrecon.results``) and the files the stages wrote; it never imports ``kktrecon.evaluation``, not
+even for types, and evaluation never imports it (a test checks the import graph). The composition
+"evaluate, then draw" is ``kktrecon.pipelines``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Neural Networks* (NeurIPS 2022):
 
 Figures are :class:`matplotlib.figure.Figure` objects drawn on the Agg canvas, so that nothing
 leaks between calls and no display is needed. The functions read an evaluation result's attributes
-and never import the evaluation package at run time.
+(:class:`kktrecon.results.EvaluationResult`) and never import the evaluation package.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kktrecon.errors import ConfigError
-from kktrecon.runs import atomic_write_bytes
+from kktrecon.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from kktrecon.evaluation import EvaluationResult
+    from kktrecon.results import EvaluationResult
 
 __all__ = [
     "FIGURES",

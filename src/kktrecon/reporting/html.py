@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunFileNotFoundError
+from kktrecon.files import (
+    METRICS_FILE,
+    PER_SAMPLE_FILE,
+    RECONSTRUCTION_FILE,
+    REPORT_FILE,
+    VICTIM_FILE,
+    atomic_write_text,
+    read_json,
+)
 from kktrecon.reporting.figures import (
     FIG_ATTACKER,
     FIG_PAIRS,
@@ -24,15 +33,6 @@ from kktrecon.reporting.figures import (
     FIGURES,
     figure_png,
     plot_loss_history,
-)
-from kktrecon.runs import (
-    METRICS_FILE,
-    PER_SAMPLE_FILE,
-    RECONSTRUCTION_FILE,
-    REPORT_FILE,
-    VICTIM_FILE,
-    atomic_write_text,
-    read_json,
 )
 
 __all__ = ["RISK", "TOLERANCE", "headline", "report", "write_audit_report"]
@@ -211,7 +211,7 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None, force: bool = 
     All text is HTML-escaped.
 
     Args:
-        rec_dir: the directory :func:`kktrecon.evaluation.evaluate` wrote into (holds ``metrics.json``).
+        rec_dir: the directory :func:`kktrecon.evaluate` wrote into (holds ``metrics.json``).
         out: the ``.html`` file to write (a directory gets ``report.html`` inside); default
             ``rec_dir/report.html``.
         force: replace an existing report (refused otherwise; a file that is not ``.html`` never is).

@@ -2,6 +2,7 @@
 
 What lives here:
 
+- ``config.py``: :class:`SweepConfig`, the search space, the samplers and a sweep directory's files.
 - ``study.py``: :func:`sweep`, an Optuna study in SQLite over the reference search space; every
   trial is an ordinary reconstruction directory; killed sweeps resume without losing or repeating
   a trial; a wall-time budget.
@@ -12,14 +13,16 @@ What lives here:
 - ``pooling.py``: the top trials' candidates pooled and ranked as an attacker would, distinct ones first.
 
 What does not: the attack itself (``kktrecon.attack``) and the oracle verdict
-(``kktrecon.evaluation``), which sweeps call but never replace.
+(``kktrecon.evaluation``), which no module here imports: the sweep is oracle-free by construction
+(the research-only ``oracle`` objective is a score its caller hands in).
 """
 
 from __future__ import annotations
 
+from kktrecon.sweeps.config import OFFICIAL_SPACE, Parameter, SweepConfig
 from kktrecon.sweeps.pooling import SweepPool, pool_sweep
 from kktrecon.sweeps.selection import Features, candidate_features
-from kktrecon.sweeps.study import OFFICIAL_SPACE, Parameter, SweepConfig, SweepResult, sweep
+from kktrecon.sweeps.study import SweepResult, sweep
 
 __all__ = [
     "OFFICIAL_SPACE",

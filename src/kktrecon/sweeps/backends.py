@@ -15,9 +15,9 @@ from torch import nn
 
 from kktrecon.attack.batched import reconstruct_batch
 from kktrecon.attack.engine import ReconstructionConfig
+from kktrecon.configs import config_from_dict, config_to_dict
 from kktrecon.errors import ConfigError, MissingDependencyError
 from kktrecon.registry import Registry
-from kktrecon.runs import config_from_dict, config_to_dict
 
 __all__ = ["BACKENDS", "LocalBackend", "RayBackend", "get_backend", "run_batch"]
 

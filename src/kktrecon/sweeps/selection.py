@@ -27,8 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from kktrecon.attack.objectives import Objective
-from kktrecon.evaluation.matching import ncc_distance
-from kktrecon.evaluation.outputs import forward_chunked
+from kktrecon.tensors import forward_chunked, ncc_distance
 
 __all__ = ["Features", "candidate_features", "duplicates", "on_the_margin", "rank", "trial_score"]
 

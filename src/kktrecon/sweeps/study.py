@@ -24,164 +24,51 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from kktrecon.attack.engine import ReconstructionConfig
-from kktrecon.checks import check_int, check_number
-from kktrecon.errors import ConfigError, MissingDependencyError, RunDirectoryExistsError, RunStateError
-from kktrecon.models import load_checkpoint, weights_fingerprint
-from kktrecon.registry import Registry
-from kktrecon.runs import (
-    RECONSTRUCTION_FILE,
-    atomic_write_json,
-    atomic_write_text,
-    config_from_dict,
-    config_to_dict,
-    package_versions,
-    read_json,
-    register_nested,
+from kktrecon.attack.victim import Victim, VictimLike
+from kktrecon.configs import config_to_dict
+from kktrecon.errors import ConfigError, MissingDependencyError
+from kktrecon.files import RECONSTRUCTION_FILE, atomic_write_json, atomic_write_text, package_versions, read_json
+from kktrecon.runs import check_resumable, check_same_victim, open_run
+from kktrecon.sweeps.config import (
+    ERROR_FILE,
+    FREE_ON_RESUME,
+    OFFICIAL_SPACE,
+    RESULTS_FILE,
+    SAMPLERS,
+    STUDY_FILE,
+    SWEEP_FILE,
+    SWEEP_RUN,
+    TRIALS_DIR,
+    Parameter,
+    SweepConfig,
+    load_sweep_config,
 )
+from kktrecon.sweeps.pooling import write_pool
 from kktrecon.sweeps.selection import trial_score
 
 __all__ = [
     "OFFICIAL_SPACE",
     "SAMPLERS",
     "SWEEP_FILE",
+    "OracleScore",
     "Parameter",
     "SweepConfig",
     "SweepResult",
-    "SweepVictim",
+    "load_sweep_config",
     "sweep",
 ]
 
-SWEEP_FILE = "sweep.json"
-STUDY_FILE = "study.db"
-TRIALS_DIR = "trials"
-RESULTS_FILE = "results.json"
-ERROR_FILE = "error.txt"  # why a trial failed (its loss diverged)
-#: What a resumed sweep may change: more trials, a longer or wider extension (a run grows, never shrinks).
-FREE_ON_RESUME = ("trials", "extend", "extend_top")
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One swept hyperparameter of :class:`~kktrecon.attack.ReconstructionConfig`: a range and a scale."""
-
-    name: str
-    low: float
-    high: float
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        if self.name not in {f.name for f in dataclasses.fields(ReconstructionConfig)}:
-            raise ConfigError(f"Expected a swept `name` that ReconstructionConfig has. Got {self.name!r}.")
-        check_number(f"{self.name}.low", self.low, low=0 if self.log else None, low_open=self.log)
-        check_number(f"{self.name}.high", self.high, low=self.low, low_open=True)
-
-
-#: The reference sweep's space (nivha/dataset_reconstruction).
-OFFICIAL_SPACE: tuple[Parameter, ...] = (
-    Parameter("init_scale", 1e-6, 0.1, log=True),
-    Parameter("lr", 1e-5, 1.0, log=True),
-    Parameter("lambda_min", 0.01, 0.5),
-    Parameter("alpha", 10.0, 500.0),
-)
-
-
-def _random(seed: int) -> Any:
-    import optuna
-
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _tpe(seed: int) -> Any:
-    import optuna
-
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
-
-
-#: Samplers by name: random (the reference) or TPE (Optuna's Bayesian default).
-SAMPLERS: Registry[Callable[[int], Any]] = Registry("sampler", ConfigError)
-SAMPLERS.register("random", _random)
-SAMPLERS.register("tpe", _tpe)
-#: What a trial is scored by: oracle-free candidates' agreement, or recovered images (research only).
-SWEEP_OBJECTIVES = ("kkt", "oracle")
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A sweep: how many trials, how long each, how many at a time, how they are chosen and scored.
-
-    Args:
-        trials: the total number of trials (a resumed sweep may raise it).
-        iterations: attack iterations per trial.
-        batch: trials that advance together as one program (K).
-        sampler: ``random`` (the reference) or ``tpe``.
-        objective: ``kkt`` (oracle-free, the default) or ``oracle`` (n_recovered against the
-            training set: research only).
-        seed: seed of the sampler; trial i's candidates are seeded with ``seed + i``.
-        space: the swept parameters (default: the reference's space).
-        attack: the other attack settings, shared by all trials (candidates, dtype, objective, …).
-        tau: NCC distance under which two candidates of different trials agree (``kkt`` objective).
-        checkpoint_every: iterations between a trial's checkpoints.
-        extend: iterations added to each of the ``extend_top`` best trials once all trials are done
-            (0: none). The default sweep spends 8 × 750 + 6,000 = 12,000 trial-iterations, three
-            4,000-iteration runs.
-        extend_top: how many of the best trials are extended.
-        warm_start: the released winners of the victim's data set (all of them for an unknown one)
-            are the first trials.
-    """
-
-    trials: int = 8
-    iterations: int = 750
-    batch: int = 8
-    sampler: str = "random"
-    objective: str = "kkt"
-    seed: int = 0
-    space: tuple[Parameter, ...] = OFFICIAL_SPACE
-    attack: ReconstructionConfig = field(default_factory=ReconstructionConfig)
-    tau: float = 0.4
-    checkpoint_every: int = 1000
-    extend: int = 6000
-    extend_top: int = 1
-    warm_start: bool = True
-
-    def __post_init__(self) -> None:
-        check_int("trials", self.trials, low=1)
-        check_int("iterations", self.iterations, low=1)
-        check_int("batch", self.batch, low=1)
-        check_int("seed", self.seed, low=0)
-        check_int("checkpoint_every", self.checkpoint_every, low=0)
-        check_int("extend", self.extend, low=0)
-        check_int("extend_top", self.extend_top, low=1)
-        check_number("tau", self.tau, low=0, low_open=True)
-        SAMPLERS.get_entry(self.sampler)
-        if self.objective not in SWEEP_OBJECTIVES:
-            raise ConfigError(f"Expected `objective` to be one of {list(SWEEP_OBJECTIVES)}. Got {self.objective!r}.")
-        names = [p.name for p in self.space]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"Expected each swept parameter once. Got {names}.")
-
-    def trial_config(self, number: int, params: Mapping[str, float], *, extended: bool = False) -> ReconstructionConfig:
-        """The attack config of trial ``number`` with the sampled ``params`` (``extended``: after its extension)."""
-        log_every = max(1, self.iterations // 50)  # the same before and after an extension (a resume keeps it)
-        return dataclasses.replace(
-            self.attack, iterations=self.iterations + (self.extend if extended else 0), seed=self.seed + number,
-            checkpoint_every=self.checkpoint_every, log_every=log_every, **params,
-        )  # fmt: skip
-
-
-register_nested("SweepConfig", "attack", ReconstructionConfig)
-register_nested("SweepConfig", "space", Parameter)
+#: Scores a finished trial directory against the training set (the ``oracle`` objective; research only).
+OracleScore = Callable[[Path], float]
 
 
 @dataclass
@@ -198,49 +85,17 @@ class SweepResult:
         return max(done, key=lambda r: r["value"]) if done else None
 
 
-@dataclass(frozen=True)
-class SweepVictim:
-    """The victim of a sweep: a run directory, or a model held in memory (an audit's)."""
-
-    path: Path | None
-    model: nn.Module
-    fingerprint: str
-    input_shape: tuple[int, ...]
-    objective: str | None
-    downsample: int = 1
-    dataset: str | None = None
-
-    @classmethod
-    def of(cls, victim: str | Path | nn.Module, input_shape: tuple[int, ...] | None = None) -> SweepVictim:
-        if isinstance(victim, nn.Module):
-            shape = input_shape or getattr(getattr(victim, "config", None), "input_shape", None)
-            if shape is None:
-                raise ConfigError("Expected `input_shape` for a victim model that does not carry its config. Got None.")
-            # Images of 32 px or more are matched at half resolution, as the reference does for CIFAR-10.
-            downsample = 2 if len(shape) == 3 and min(shape[1:]) >= 32 else 1
-            return cls(None, victim, weights_fingerprint(victim), tuple(shape), None, downsample)
-        model, manifest = load_checkpoint(victim)
-        dataset = (manifest.get("data") or {}).get("dataset")
-        return cls(Path(victim), model, weights_fingerprint(model), tuple(model.config.input_shape),
-                   manifest.get("objective"), _downsample(dataset), dataset)  # fmt: skip
-
-    @property
-    def target(self) -> str | nn.Module:
-        """What a backend hands to the attack: the directory when there is one, else the model."""
-        return str(self.path.resolve()) if self.path is not None else self.model
-
-
 def sweep(
-    victim: str | Path | nn.Module,
+    victim: VictimLike,
     out: str | Path,
     config: SweepConfig | None = None,
     *,
     input_shape: tuple[int, ...] | None = None,
-    data_root: str | Path | None = None,
     backend: str = "local",
     address: str | None = None,
     budget_s: float | None = None,
     pool_top: int = 8,
+    oracle: OracleScore | None = None,
     device: str | torch.device = "auto",
     resume: bool = False,
     force: bool = False,
@@ -254,7 +109,9 @@ def sweep(
             its config, ``attack.candidates`` set, the local backend and the ``kkt`` objective).
         out: the sweep directory.
         config: the sweep; keyword ``overrides`` replace its fields (``sweep(v, d, trials=8)``).
-        data_root: where the training data is, for the ``oracle`` objective only.
+        oracle: the ``oracle`` objective's score of a trial directory, e.g. the verdict's n_recovered
+            (:func:`kktrecon.evaluation.oracle_score`); required by that objective. The sweep itself
+            never reads training data.
         backend: ``local`` (this process) or ``ray`` (trial batches as Ray tasks; ``address`` of a
             cluster, or a local Ray instance).
         budget_s: stop asking for new trials when the next batch and then the extension would not
@@ -276,8 +133,13 @@ def sweep(
     optuna = _optuna()
     from kktrecon.sweeps.backends import get_backend
 
-    target = SweepVictim.of(victim, input_shape)
-    if target.path is None and (config.objective == "oracle" or config.attack.candidates is None):
+    if config.objective == "oracle" and oracle is None:
+        raise ConfigError(
+            "Expected `oracle` for the oracle objective: a score of a trial directory against the training set, "
+            "such as kktrecon.evaluation.oracle_score(data_root). Got None."
+        )
+    target = Victim.of(victim, input_shape)
+    if target.run_dir is None and (config.objective == "oracle" or config.attack.candidates is None):
         raise ConfigError("Expected the kkt objective and `attack.candidates` for a victim model held in memory.")
     runner = get_backend(backend, address=address, device=str(device), progress=progress)
     out = _open_sweep(target, Path(out), config, resume=resume, force=force)
@@ -286,7 +148,7 @@ def sweep(
         study_name="kktrecon", storage=storage, direction="maximize", sampler=SAMPLERS[config.sampler](config.seed),
         load_if_exists=True,
     )  # fmt: skip
-    scorer = _Scorer(out, config, data_root=data_root, device=device)
+    scorer = _Scorer(out, config, oracle=oracle)
     start = time.perf_counter()
     if config.warm_start and not study.get_trials(deepcopy=False):
         for params in _released(config, target)[: config.trials]:
@@ -310,8 +172,6 @@ def sweep(
     rows = scorer.finalise(study, extended)
     atomic_write_json(out / RESULTS_FILE, {"objective": config.objective, "trials": rows})
     if any(r["state"] == "COMPLETE" for r in rows):
-        from kktrecon.sweeps.pooling import write_pool
-
         write_pool(out, target, top=pool_top)
     return SweepResult(out=out, rows=rows, seconds=time.perf_counter() - start)
 
@@ -330,12 +190,6 @@ def _out_of_time(left_s: float, round_seconds: list[float], config: SweepConfig)
     return longest * (1 + share * config.extend / config.iterations) > left_s
 
 
-def _downsample(dataset: str | None) -> int:
-    from kktrecon.data import DATASETS  # the matching resolution of the victim's data set (no data is read)
-
-    return int(DATASETS[dataset].match_downsample) if dataset in DATASETS else 1
-
-
 def _optuna() -> Any:
     try:
         import optuna
@@ -345,44 +199,23 @@ def _optuna() -> Any:
     return optuna
 
 
-def _open_sweep(victim: SweepVictim, out: Path, config: SweepConfig, *, resume: bool, force: bool) -> Path:
-    """Create or reopen a sweep directory, refusing a foreign sweep or one started with other settings."""
-    if force and resume:
-        raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
+def _open_sweep(victim: Victim, out: Path, config: SweepConfig, *, resume: bool, force: bool) -> Path:
+    """Create or reopen a sweep directory (the shared lifecycle), refusing a foreign sweep or other settings."""
     record = {
         "format": "kktrecon.sweep/1",
-        "victim": str(victim.path.resolve()) if victim.path is not None else None,
+        "victim": str(victim.run_dir) if victim.run_dir is not None else None,
         "fingerprint": victim.fingerprint,
         "input_shape": list(victim.input_shape),
         "config": config_to_dict(config),
         "versions": package_versions(),
     }
-    manifest = out / SWEEP_FILE
-    if manifest.exists() and force:
-        for name in (SWEEP_FILE, STUDY_FILE, RESULTS_FILE):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / TRIALS_DIR, ignore_errors=True)
-    elif manifest.exists() and not resume:
-        raise RunDirectoryExistsError(f"{out} already holds a sweep; pass --resume to continue it or --force.")
-    elif manifest.exists():
-        saved = read_json(manifest)
-        if saved.get("fingerprint") != record["fingerprint"]:
-            raise RunStateError(f"Cannot resume {out}: it sweeps another victim ({saved.get('victim')}).")
-        before = {k: v for k, v in saved.get("config", {}).items() if k not in FREE_ON_RESUME}
-        now = {k: v for k, v in record["config"].items() if k not in FREE_ON_RESUME}
-        if before != now:
-            differs = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise RunStateError(
-                f"Cannot resume {out}: its config differs in {differs}; only {list(FREE_ON_RESUME)} may change."
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, record)
-    return out
-
-
-def load_sweep_config(out: str | Path) -> SweepConfig:
-    """The config recorded in a sweep directory."""
-    return config_from_dict(SweepConfig, read_json(Path(out) / SWEEP_FILE)["config"])
+    run = open_run(out, SWEEP_RUN, force=force, resume=resume)
+    if run.status != "new":
+        saved = read_json(run.path / SWEEP_FILE)
+        check_same_victim(out, saved.get("fingerprint"), record["fingerprint"])
+        check_resumable(saved.get("config", {}), record["config"], where=out, free=FREE_ON_RESUME)
+    atomic_write_json(run.path / SWEEP_FILE, record)
+    return run.path
 
 
 def _counted(study: Any) -> int:
@@ -406,7 +239,7 @@ def _ask(study: Any, config: SweepConfig, out: Path) -> Any:
     return trial
 
 
-def _released(config: SweepConfig, victim: SweepVictim) -> list[dict[str, float]]:
+def _released(config: SweepConfig, victim: Victim) -> list[dict[str, float]]:
     """The released winners as first trials: their swept parameters, where they lie in the space."""
     from kktrecon.attack.released import released_params
 
@@ -420,7 +253,7 @@ def _released(config: SweepConfig, victim: SweepVictim) -> list[dict[str, float]
 
 
 def _extend(
-    study: Any, runner: Any, scorer: _Scorer, config: SweepConfig, victim: SweepVictim, out: Path
+    study: Any, runner: Any, scorer: _Scorer, config: SweepConfig, victim: Victim, out: Path
 ) -> dict[int, float | None]:
     """Extend the best ``extend_top`` trials by ``extend`` iterations; their new values (None: it diverged).
 
@@ -475,7 +308,7 @@ def _run(
     runner: Any,
     scorer: _Scorer,
     config: SweepConfig,
-    victim: SweepVictim,
+    victim: Victim,
     out: Path,
     batches: list[list[Any]],
 ) -> None:
@@ -522,20 +355,14 @@ def _error(folder: Path) -> str | None:
 class _Scorer:
     """Scores finished trials by the sweep's objective: oracle-free agreement, or the oracle verdict."""
 
-    def __init__(self, out: Path, config: SweepConfig, *, data_root: Any, device: Any) -> None:
-        self.out, self.config = out, config
-        self.data_root, self.device = data_root, device
+    def __init__(self, out: Path, config: SweepConfig, *, oracle: OracleScore | None) -> None:
+        self.out, self.config, self.oracle = out, config, oracle
 
     def score(self, dirs: list[Path]) -> list[float]:
         if self.config.objective == "oracle":
-            return [float(self._oracle(d)) for d in dirs]
+            assert self.oracle is not None
+            return [float(self.oracle(d)) for d in dirs]
         return [trial_score(read_json(d / RECONSTRUCTION_FILE)) for d in dirs]
-
-    def _oracle(self, rec_dir: Path) -> int:
-        from kktrecon.evaluation import evaluate
-
-        result = evaluate(rec_dir, data_root=self.data_root, device="cpu", figures=False, force=True)
-        return int(result.metrics.get("n_recovered") or 0)
 
     def finalise(self, study: Any, extended: Mapping[int, float | None]) -> list[dict[str, Any]]:
         """One row per trial: its value by the sweep's objective (after its extension, if any) and its kkt score."""

@@ -1,0 +1,116 @@
+"""Config dataclasses to JSON and back: tuples, nested configs and configs of a registry's kind.
+
+Every result is saved beside its frozen config; :func:`config_to_dict` and :func:`config_from_dict`
+make that round trip exact and refuse unknown keys, so an old manifest either loads or says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from kktrecon.devices import dtype_name
+from kktrecon.errors import ConfigError
+
+__all__ = ["config_from_dict", "config_to_dict", "json_default", "register_choice", "register_nested"]
+
+C = TypeVar("C")
+
+
+def json_default(obj: Any) -> Any:
+    """JSON for what configs and manifests hold: dataclasses, paths, dtypes, devices, tensors and arrays."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return config_to_dict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return dtype_name(obj)
+    if isinstance(obj, torch.device):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as a JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(_with_choices(config, dataclasses.asdict(config)), default=json_default))
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Rebuild a config dataclass, rejecting unknown keys and restoring tuples and nested configs."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"Expected {cls.__name__} settings as a JSON object. Got {data!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"Unknown keys for {cls.__name__}: {unknown}. Expected a subset of {sorted(fields)}.")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls, "__dataclass_fields__")[name].default  # noqa: B009
+        nested = _NESTED.get((cls.__name__, name))
+        choice = _CHOICES.get((cls.__name__, name))
+        if choice is not None and isinstance(value, Mapping):
+            value = choice.from_dict(value, where=f"{cls.__name__}.{name}")
+        elif nested is not None and isinstance(value, Mapping):
+            value = config_from_dict(nested, value)
+        elif nested is not None and isinstance(value, list):  # a tuple of nested configs
+            value = tuple(config_from_dict(nested, v) for v in value)
+        elif isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[tuple[str, str], type] = {}
+
+
+def register_nested(owner: str, field: str, cls: type) -> None:
+    """Tell :func:`config_from_dict` that ``owner.field`` holds a ``cls`` config (or a tuple of them)."""
+    _NESTED[(owner, field)] = cls
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """A field that holds one of several config classes, named under ``key`` beside its fields when saved."""
+
+    key: str
+    cls_of: Callable[[str], type]
+    name_of: Callable[[Any], str]
+
+    def from_dict(self, data: Mapping[str, Any], *, where: str) -> Any:
+        if self.key not in data:
+            raise ConfigError(f"Expected `{where}` to name its kind under {self.key!r}. Got keys {sorted(data)}.")
+        return config_from_dict(self.cls_of(data[self.key]), {k: v for k, v in data.items() if k != self.key})
+
+
+_CHOICES: dict[tuple[str, str], _Choice] = {}
+
+
+def register_choice(
+    owner: str, field: str, *, key: str, cls_of: Callable[[str], type], name_of: Callable[[Any], str]
+) -> None:
+    """Tell the round trip that ``owner.field`` holds one of several configs (a registry's, say).
+
+    :func:`config_to_dict` writes ``name_of(value)`` under ``key`` beside the value's fields, and
+    :func:`config_from_dict` rebuilds the value as a ``cls_of(name)`` (which refuses unknown names).
+    """
+    _CHOICES[(owner, field)] = _Choice(key, cls_of, name_of)
+
+
+def _with_choices(config: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (``asdict(config)``) with the kind of every registered choice, at any depth, named in it."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            record[f.name] = _with_choices(value, record[f.name])
+            choice = _CHOICES.get((type(config).__name__, f.name))
+            if choice is not None:
+                record[f.name] = {choice.key: choice.name_of(value), **record[f.name]}
+    return record
