@@ -254,7 +254,7 @@ def _open(out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, forc
         saved = read_json(run.path / AUDIT_FILE)
         if (saved.get("fingerprint"), saved.get("train_files")) != (record["fingerprint"], record["train_files"]):
             raise RunStateError(f"Cannot resume {out}: it audits another model or other training images; --force.")
-        check_resumable(saved.get("config", {}), record["config"], where=out, free=())
+        check_resumable(saved.get("config", {}), record["config"], where=out, free=("budget_s",))
     atomic_write_json(run.path / AUDIT_FILE, record)
     return run.path
 

@@ -189,7 +189,8 @@ def reconstruct_batch(
     net = GramNet.of(s.attack_model)
     if net is None:  # a layer without a Gram rule: one trial after the other with the ordinary engine
         shared = {"n_train": n_train, "input_shape": input_shape, "device": dev, "resume": resume, "force": force}
-        results = [reconstruct(victim, c, out=o, progress=progress, **shared) for c, o in zip(configs, outs, strict=True)]
+        pairs = zip(configs, outs, strict=True)
+        results = [reconstruct(victim, c, out=o, progress=progress, **shared) for c, o in pairs]
         return BatchOutcome(list(results), [None] * len(results))
     trials = [Trial.open(c, o, s, resume=resume, force=force) for c, o in zip(configs, outs, strict=True)]
     active = [t for t in trials if t.result is None]

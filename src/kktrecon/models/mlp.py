@@ -27,8 +27,6 @@ BIAS_POLICIES: dict[str, Any] = {
     "first": lambda i, n: i == 0 and n > 1,
     "all": lambda i, n: i < n - 1,
 }
-# Policies under which Φ is homogeneous in θ (the theory's assumption).
-HOMOGENEOUS_POLICIES = frozenset({"none", "first"})
 
 
 @dataclass(frozen=True)

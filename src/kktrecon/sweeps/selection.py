@@ -6,7 +6,7 @@ measured against the oracle (MNIST odd/even n = 20, 16 random trials of 2,000 it
 - **a trial's stationarity residual** at its end, the KKT term ‖θ − Σⱼ λⱼ yⱼ ∇θΦ(xⱼ)‖². Across the
   trials of one victim (same formulation: box prior, λ_min hinge) the lower it is, the more training
   images the trial recovers (Spearman −0.92 with the oracle count). This does not contradict the
-  warning that a low loss can come without reconstruction (METHOD.md §3, "No Prior, No Leakage"):
+  warning that a low loss can come without reconstruction ("No Prior, No Leakage", 2025):
   that compares other formulations and other victims; within one sweep it ranks trials well. The
   sweep's ``kkt`` objective is its negation.
 - **a candidate's margin**: the victim's output times the label the attack gave it, yΦ(x). The

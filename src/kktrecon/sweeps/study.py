@@ -142,7 +142,8 @@ def sweep(
     if target.run_dir is None and (config.objective == "oracle" or config.attack.candidates is None):
         raise ConfigError("Expected the kkt objective and `attack.candidates` for a victim model held in memory.")
     runner = get_backend(backend, address=address, device=str(device), progress=progress)
-    out = _open_sweep(target, Path(out), config, resume=resume, force=force)
+    run = {"backend": backend, "address": address, "budget_s": budget_s, "pool_top": pool_top, "device": str(device)}
+    out = _open_sweep(target, Path(out), config, run=run, resume=resume, force=force)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
     study = optuna.create_study(
         study_name="kktrecon", storage=storage, direction="maximize", sampler=SAMPLERS[config.sampler](config.seed),
@@ -199,23 +200,29 @@ def _optuna() -> Any:
     return optuna
 
 
-def _open_sweep(victim: Victim, out: Path, config: SweepConfig, *, resume: bool, force: bool) -> Path:
-    """Create or reopen a sweep directory (the shared lifecycle), refusing a foreign sweep or other settings."""
+def _open_sweep(
+    victim: Victim, out: Path, config: SweepConfig, *, run: dict[str, Any], resume: bool, force: bool
+) -> Path:
+    """Create or reopen a sweep directory (the shared lifecycle), refusing a foreign sweep or other settings.
+
+    ``run`` (backend, budget, pool size, device) is recorded as this invocation's; a resume may change it.
+    """
     record = {
         "format": "kktrecon.sweep/1",
         "victim": str(victim.run_dir) if victim.run_dir is not None else None,
         "fingerprint": victim.fingerprint,
         "input_shape": list(victim.input_shape),
         "config": config_to_dict(config),
+        "run": run,
         "versions": package_versions(),
     }
-    run = open_run(out, SWEEP_RUN, force=force, resume=resume)
-    if run.status != "new":
-        saved = read_json(run.path / SWEEP_FILE)
+    opened = open_run(out, SWEEP_RUN, force=force, resume=resume)
+    if opened.status != "new":
+        saved = read_json(opened.path / SWEEP_FILE)
         check_same_victim(out, saved.get("fingerprint"), record["fingerprint"])
         check_resumable(saved.get("config", {}), record["config"], where=out, free=FREE_ON_RESUME)
-    atomic_write_json(run.path / SWEEP_FILE, record)
-    return run.path
+    atomic_write_json(opened.path / SWEEP_FILE, record)
+    return opened.path
 
 
 def _counted(study: Any) -> int:
