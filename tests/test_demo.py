@@ -62,3 +62,18 @@ def test_time_estimate_is_positive_and_scales_with_the_budget() -> None:
         < small
         < estimate_seconds(DemoConfig(victim=TINY.victim, attack=ReconstructionConfig(iterations=3000, candidates=8)))
     )
+
+
+def test_a_demo_started_before_the_nested_recipe_is_recognised_on_resume() -> None:
+    from kktrecon.configs import config_to_dict
+    from kktrecon.demo import DemoConfig, _recorded
+
+    record = config_to_dict(DemoConfig.for_mnist(0))
+    model = record["victim"].pop("model")
+    model.pop("architecture")
+    for key in ("input_shape", "num_outputs"):  # the data decided them; flat records did not keep them
+        model.pop(key)
+    record["victim"] = {"model": "mlp", **model, "channels": [16, 32], **record["victim"]}  # the old flat form
+    assert _recorded(record) == DemoConfig.for_mnist(0)
+    assert _recorded(record) != DemoConfig.for_mnist(1)
+    assert _recorded({"victim": {}}) is None

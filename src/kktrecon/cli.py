@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import sys
-import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -89,86 +87,11 @@ class _Fields:
 
 
 def _configure(fields: _Fields, values: dict[str, Any], *, fixed: tuple[str, ...] = ()) -> Any:
-    """The default ``fields.root`` with ``values`` (dotted name -> value; text is parsed by the field's type).
+    """The default ``fields.root`` with ``values`` applied (:func:`kktrecon.configs.with_settings`)."""
+    from kktrecon.configs import with_settings
 
-    Raises:
-        ConfigError: an unknown or ``fixed`` name (the message lists the valid ones) or an unparsable value.
-    """
-    from kktrecon.errors import ConfigError
-
-    for name in fixed:
-        if name in values:
-            raise ConfigError(
-                f"Expected `{name}` to be left unset (it is decided, here by the data). Got {values[name]!r}."
-            )
-    return _apply(fields, fields.load(fields.root)(), values, prefix="", fixed=fixed)
-
-
-def _apply(fields: _Fields, config: Any, values: dict[str, Any], *, prefix: str, fixed: tuple[str, ...]) -> Any:
-    from kktrecon.errors import ConfigError
-
-    hints = typing.get_type_hints(type(config))
-    changes: dict[str, Any] = {}
-    for name in dict.fromkeys(n.split(".")[0] for n in values):  # kinds first: they decide the nested fields
-        if prefix + name in fields.kinds and name in values:
-            classes = fields.kind_classes(prefix + name)
-            if values[name] not in classes:
-                raise ConfigError(f"Expected `{prefix}{name}` to be one of {sorted(classes)}. Got {values[name]!r}.")
-            changes[name] = classes[values[name]]()
-    for name in dict.fromkeys(n.split(".")[0] for n in values):
-        current = changes.get(name, getattr(config, name, None))
-        nested = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(name + ".")}
-        if (
-            name not in hints
-            or (nested and not dataclasses.is_dataclass(current))
-            or (name in values and dataclasses.is_dataclass(current) and prefix + name not in fields.kinds)
-        ):
-            valid = _names(fields, config, prefix, fixed)
-            unknown = next(prefix + k for k in values if k.split(".")[0] == name)
-            raise ConfigError(f"Expected a setting of {type(config).__name__}, one of {valid}. Got {unknown!r}.")
-        if nested:
-            changes[name] = _apply(fields, current, nested, prefix=f"{prefix}{name}.", fixed=fixed)
-        elif prefix + name not in fields.kinds:
-            value = values[name]
-            changes[name] = _parse(prefix + name, value, hints[name]) if isinstance(value, str) else value
-    return dataclasses.replace(config, **changes)
-
-
-def _names(fields: _Fields, config: Any, prefix: str, fixed: tuple[str, ...]) -> list[str]:
-    """Every settable dotted name of ``config``: its scalar fields, its kinds, and those of nested configs."""
-    names = []
-    for f in dataclasses.fields(config):
-        value, name = getattr(config, f.name), prefix + f.name
-        if name in fields.kinds or not dataclasses.is_dataclass(value):
-            names.append(name)
-        if dataclasses.is_dataclass(value):
-            names += _names(fields, value, name + ".", fixed)
-    return [n for n in names if n not in fixed]
-
-
-def _parse(name: str, text: str, hint: Any) -> Any:
-    """``text`` as a value of type ``hint`` (``X | None``, ``tuple[int, ...]``, int, float, bool, str)."""
-    from kktrecon.errors import ConfigError
-
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if text.strip().lower() in ("", "none", "null"):
-            return None
-        return _parse(name, text, next(a for a in args if a is not type(None)))
-    if typing.get_origin(hint) is tuple:
-        parts = [p.strip() for p in text.strip().strip("()[]").split(",")]
-        return tuple(_parse(name, p, args[0]) for p in parts if p)
-    if hint is bool:
-        if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigError(f"Expected `{name}` to be true or false. Got {text!r}.")
-        return text.strip().lower() in ("true", "1", "yes")
-    if hint in (int, float):
-        try:
-            return hint(text)
-        except ValueError:
-            what = "an integer" if hint is int else "a number"
-            raise ConfigError(f"Expected `{name}` to be {what}. Got {text!r}.") from None
-    return text
+    kinds = {name: fields.kind_classes(name) for name in fields.kinds}
+    return with_settings(fields.load(fields.root)(), values, kinds=kinds, fixed=fixed)
 
 
 def _settings(fields: _Fields, options: dict[str, Any], items: list[str] | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,16 @@ import torch
 from kktrecon.devices import dtype_name
 from kktrecon.errors import ConfigError
 
-__all__ = ["config_from_dict", "config_to_dict", "json_default", "register_choice", "register_nested"]
+__all__ = [
+    "config_from_dict",
+    "config_to_dict",
+    "json_default",
+    "parse_value",
+    "register_choice",
+    "register_nested",
+    "settable_names",
+    "with_settings",
+]
 
 C = TypeVar("C")
 
@@ -114,3 +124,98 @@ def _with_choices(config: Any, record: dict[str, Any]) -> dict[str, Any]:
             if choice is not None:
                 record[f.name] = {choice.key: choice.name_of(value), **record[f.name]}
     return record
+
+
+Kinds = Mapping[str, Mapping[str, type]]
+
+
+def with_settings(
+    config: Any, values: Mapping[str, Any], *, kinds: Kinds | None = None, fixed: tuple[str, ...] = ()
+) -> Any:
+    """``config`` with dotted ``values`` applied (``model.padding`` -> ``config.model.padding``).
+
+    Text values are parsed by the field's type (:func:`parse_value`). ``kinds`` names the dotted fields
+    that hold one of several configs, each with its choices by name (``{"model": {"mlp": MLPConfig, …}}``):
+    setting such a field to a name replaces it with that class's defaults, before its own fields are set.
+    ``fixed`` fields (decided elsewhere, e.g. by the data) may not be set.
+
+    Raises:
+        ConfigError: an unknown or fixed name (the message lists the settable ones), an unknown kind,
+            or a value its field's type cannot parse.
+    """
+    for name in fixed:
+        if name in values:
+            raise ConfigError(
+                f"Expected `{name}` to be left unset (it is decided, here by the data). Got {values[name]!r}."
+            )
+    return _apply(config, values, prefix="", kinds=kinds or {}, fixed=fixed)
+
+
+def _apply(config: Any, values: Mapping[str, Any], *, prefix: str, kinds: Kinds, fixed: tuple[str, ...]) -> Any:
+    hints = typing.get_type_hints(type(config))
+    changes: dict[str, Any] = {}
+    for name in dict.fromkeys(n.split(".")[0] for n in values):  # kinds first: they decide the nested fields
+        if prefix + name in kinds and name in values:
+            classes = kinds[prefix + name]
+            if values[name] not in classes:
+                raise ConfigError(f"Expected `{prefix}{name}` to be one of {sorted(classes)}. Got {values[name]!r}.")
+            changes[name] = classes[values[name]]()
+    for name in dict.fromkeys(n.split(".")[0] for n in values):
+        current = changes.get(name, getattr(config, name, None))
+        nested = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(name + ".")}
+        if (
+            name not in hints
+            or (nested and not dataclasses.is_dataclass(current))
+            or (name in values and dataclasses.is_dataclass(current) and prefix + name not in kinds)
+        ):
+            valid = settable_names(config, kinds=kinds, fixed=fixed, prefix=prefix)
+            unknown = next(prefix + k for k in values if k.split(".")[0] == name)
+            raise ConfigError(f"Expected a setting of {type(config).__name__}, one of {valid}. Got {unknown!r}.")
+        if nested:
+            changes[name] = _apply(current, nested, prefix=f"{prefix}{name}.", kinds=kinds, fixed=fixed)
+        elif prefix + name not in kinds:
+            value = values[name]
+            changes[name] = parse_value(prefix + name, value, hints[name]) if isinstance(value, str) else value
+    return dataclasses.replace(config, **changes)
+
+
+def settable_names(
+    config: Any, *, kinds: Kinds | None = None, fixed: tuple[str, ...] = (), prefix: str = ""
+) -> list[str]:
+    """Every settable dotted name of ``config``: its scalar fields, its kinds, and those of nested configs."""
+    kinds = kinds or {}
+    names = []
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), prefix + f.name
+        if name in kinds or not dataclasses.is_dataclass(value):
+            names.append(name)
+        if dataclasses.is_dataclass(value):
+            names += settable_names(value, kinds=kinds, fixed=fixed, prefix=name + ".")
+    return [n for n in names if n not in fixed]
+
+
+def parse_value(name: str, text: str, hint: Any) -> Any:
+    """``text`` as a value of type ``hint`` (``X | None``, ``tuple[int, ...]``, int, float, bool, str).
+
+    Raises:
+        ConfigError: the text does not parse as that type (the message names the field).
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if text.strip().lower() in ("", "none", "null"):
+            return None
+        return parse_value(name, text, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple:
+        parts = [p.strip() for p in text.strip().strip("()[]").split(",")]
+        return tuple(parse_value(name, p, args[0]) for p in parts if p)
+    if hint is bool:
+        if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"Expected `{name}` to be true or false. Got {text!r}.")
+        return text.strip().lower() in ("true", "1", "yes")
+    if hint in (int, float):
+        try:
+            return hint(text)
+        except ValueError:
+            what = "an integer" if hint is int else "a number"
+            raise ConfigError(f"Expected `{name}` to be {what}. Got {text!r}.") from None
+    return text

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 
 from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state, reconstruct
-from kktrecon.configs import config_to_dict
+from kktrecon.configs import config_from_dict, config_to_dict
 from kktrecon.data import SAMPLE_ROOT, DataConfig
 from kktrecon.devices import resolve_dtype
 from kktrecon.errors import RunStateError
@@ -27,7 +27,7 @@ from kktrecon.models import MLPConfig, build_model, with_modified_relu
 from kktrecon.pipelines import evaluate
 from kktrecon.reporting import headline, report
 from kktrecon.runs import RunKind, open_run
-from kktrecon.training import TrainConfig, train
+from kktrecon.training import TrainConfig, train, train_config_from_dict
 
 __all__ = ["DemoConfig", "DemoResult", "demo", "probe_trial_iteration_ms"]
 
@@ -152,6 +152,18 @@ def probe_trial_iteration_ms(m: int = 40, k: int = 4, iterations: int = 3) -> fl
     return 1000 * (time.perf_counter() - start) / (k * iterations)
 
 
+def _recorded(record: Any) -> DemoConfig | None:
+    """The recipe a demo directory records (today's form, or the flat one of older demos); None if unreadable."""
+    try:
+        return DemoConfig(
+            victim=train_config_from_dict(record["victim"]),
+            attack=config_from_dict(ReconstructionConfig, record["attack"]),
+            toy=bool(record.get("toy", False)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def demo(
     out: str | Path = "kktrecon-demo",
     *,
@@ -183,8 +195,7 @@ def demo(
         config = DemoConfig.for_toy(seed) if toy else DemoConfig.for_mnist(seed)
     out = Path(out)
     if resume and (out / DEMO_FILE).exists():
-        saved = read_json(out / DEMO_FILE)["config"]
-        if saved != config_to_dict(config):
+        if _recorded(read_json(out / DEMO_FILE).get("config")) != config:
             raise RunStateError(f"Cannot resume {out}: it was started with another recipe (other --seed or --toy?).")
     else:
         open_run(out, DEMO_RUN, force=force)
