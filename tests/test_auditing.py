@@ -153,3 +153,35 @@ def test_an_empty_folder_and_an_unreadable_file_are_refused(user, tmp_path) -> N
         (broken / name).mkdir(parents=True)
         (broken / name / "x.png").write_bytes(b"not a png")
     assert "could not be read as an image" in _bad(tmp_path, user, train=broken)
+
+
+def test_an_output_folder_inside_an_input_is_refused(user, tmp_path) -> None:
+    root = user["root"]
+    assert "outside the image folder" in _bad(tmp_path, user, out=root / "train" / "audit")
+    assert not (root / "train" / "audit").exists()
+    import shutil
+
+    inside = shutil.copytree(root / "train", tmp_path / "proj" / "sweep" / "train")  # where the audit would own
+    assert "outside what the audit writes" in _bad(tmp_path, user, train=inside, out=tmp_path / "proj")
+    assert sorted(p.name for p in (tmp_path / "proj").iterdir()) == ["sweep"]
+
+
+def test_force_in_a_project_folder_removes_only_the_audits_own_files(user, tmp_path) -> None:
+    import shutil
+
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("model.pt", "arch.json", "train", "held"):
+        copy = shutil.copytree if (user["root"] / name).is_dir() else shutil.copy
+        copy(user["root"] / name, project / name)
+    (project / "notes.txt").write_text("mine")
+    (tmp_path / "parent.txt").write_text("mine too")
+    args = ["audit", "--weights", str(project / "model.pt"), "--arch", str(project / "arch.json"), "--train",
+            str(project / "train"), "--held-out", str(project / "held"), "--trials", "2", "--iterations", "20",
+            "--out", str(project), "--device", "cpu"]  # fmt: skip
+    for extra in ([], ["--force"]):  # a first audit, then one over it
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 0, result.output
+    kept = {"model.pt", "arch.json", "train", "held", "notes.txt"}
+    assert kept <= {p.name for p in project.iterdir()} and (tmp_path / "parent.txt").exists()
+    assert len(list((project / "train").rglob("*.png"))) == 10 and (project / "audit.json").is_file()

@@ -73,3 +73,36 @@ def test_resume_check_names_every_differing_key() -> None:
     check_resumable({"a": 1, "n": 5}, {"a": 1, "n": 9}, where="d", free=("n",))
     with pytest.raises(RunStateError, match=r"differs in \['a', 'b'\] \(then \[1, None\], now \[2, 3\]\)"):
         check_resumable({"a": 1, "n": 5}, {"a": 2, "b": 3, "n": 5}, where="d", free=("n",))
+
+
+def test_force_removes_nothing_where_no_run_of_its_kind_left_its_mark(tmp_path) -> None:
+    kind = RunKind(manifest="audit.html", state="audit.json", outputs=("notes.md",), dirs=("evaluation",))
+    _touch(tmp_path / "project", "model.pt", "notes.md")  # notes.md: a user's file that bears a name the kind writes
+    _touch(tmp_path / "project" / "evaluation", "my-notes.txt")
+    _touch(tmp_path, "parent-notes.txt")
+    run = open_run(tmp_path / "project", kind, force=True)
+    assert run.status == "new"
+    assert sorted(p.name for p in (tmp_path / "project").iterdir()) == ["evaluation", "model.pt", "notes.md"]
+    assert (tmp_path / "project" / "evaluation" / "my-notes.txt").exists() and (tmp_path / "parent-notes.txt").exists()
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from kktrecon.runs import RunKind, open_run; "
+         "r = open_run(sys.argv[1], RunKind('done.json', 'state.bin')); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "busy")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunStateError, match="in use by another kktrecon process"):
+            open_run(tmp_path / "busy", KIND)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert open_run(tmp_path / "busy", KIND).status == "new"  # released with its process
+    first = open_run(tmp_path / "mine", KIND)
+    assert open_run(tmp_path / "mine", KIND).status == "new" and first.lock is not None  # this process shares it

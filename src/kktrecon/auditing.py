@@ -40,7 +40,7 @@ from kktrecon.files import POOL_DIR, atomic_write_json, package_versions, read_j
 from kktrecon.models.validation import findings
 from kktrecon.pipelines import write_evaluation
 from kktrecon.reporting.html import write_audit_report
-from kktrecon.runs import RunKind, check_resumable, open_run
+from kktrecon.runs import Run, RunKind, check_resumable, open_run
 from kktrecon.sweeps import SweepConfig, sweep
 
 __all__ = ["AuditConfig", "AuditResult", "audit"]
@@ -156,8 +156,10 @@ def audit(
     config = dataclasses.replace(config or AuditConfig(), **overrides)
     start = time.perf_counter()
     inputs = _check_inputs(copy.deepcopy(model) if model is not None else None, weights, arch, train, held_out, config)
+    _check_out(Path(out), [Path(p) for p in (weights, arch, train, held_out) if p is not None])
     dev = resolve_device(device)
-    out = _open(Path(out), inputs, config, resume=resume, force=force)
+    run = _open(Path(out), inputs, config, resume=resume, force=force)  # locked until the audit returns
+    out = run.path
     x_train = torch.as_tensor(inputs.train.x - inputs.mean)
     y_train = torch.as_tensor(inputs.train.y)
     model = inputs.victim.model.to(torch.float64).eval()
@@ -205,6 +207,23 @@ def audit(
     return AuditResult(out=out, report=report, metrics=metrics, recovered=recovered, seconds=seconds)
 
 
+def _check_out(out: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder inside an input folder (its figures would be read as images next time), or
+    an input inside a folder the audit owns (``--force`` removes those).
+
+    Raises:
+        ConfigError: naming the output folder and the input.
+    """
+    where = out.resolve()
+    for given in inputs:
+        path = given.resolve()
+        if path.is_dir() and where.is_relative_to(path):
+            raise ConfigError(f"Expected --out outside the image folder {given}. Got {out}, inside it.")
+        owned = [where / name for name in (AUDIT_RUN.manifest, AUDIT_RUN.state, *AUDIT_RUN.dirs)]
+        if any(path.is_relative_to(o) for o in owned):
+            raise ConfigError(f"Expected {given} outside what the audit writes in {out} ({list(AUDIT_RUN.dirs)}).")
+
+
 def _check_inputs(
     model: nn.Module | None,
     weights: str | Path | None,
@@ -240,7 +259,7 @@ def _check_inputs(
     return _Inputs(victim, victim.objective().name, images, held, findings(model))
 
 
-def _open(out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, force: bool) -> Path:
+def _open(out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, force: bool) -> Run:
     """Create or reopen an audit directory (the shared lifecycle); ``force`` removes only the audit's own files."""
     record = {
         "format": "kktrecon.audit/1",
@@ -256,7 +275,7 @@ def _open(out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, forc
             raise RunStateError(f"Cannot resume {out}: it audits another model or other training images; --force.")
         check_resumable(saved.get("config", {}), record["config"], where=out, free=("budget_s",))
     atomic_write_json(run.path / AUDIT_FILE, record)
-    return run.path
+    return run
 
 
 def _diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from typer.core import TyperCommand, TyperOption
 
 from kktrecon.errors import KKTReconError
@@ -24,8 +25,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+# Markup off: paths and names the user supplied may contain rich markup ("[/]", "[bold]") and print as they are.
+err = Console(stderr=True, markup=False)
+out = Console(markup=False)
+
+
+def _styled(label: str, style: str, text: str = "") -> Text:
+    """``label`` in ``style``, then ``text`` verbatim (never parsed as markup)."""
+    return Text.assemble((label, style), (" " + text) if text else "")
+
 
 DataRoot = Annotated[
     Path | None,
@@ -49,10 +57,11 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        err.print("[yellow]Interrupted.[/] Checkpoints are kept; rerun the same command with --resume to continue.")
+        err.print(_styled("Interrupted.", "yellow", "Rerun the same command with --resume: each stage continues from "
+                          "its last checkpoint (one that keeps none starts over)."))  # fmt: skip
         raise typer.Exit(130) from None
     except (KKTReconError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(_styled("error:", "bold red", str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -169,7 +178,7 @@ def data(
     for key, value in summary.items():
         if key in ("source_indices", "test_source_indices"):
             value = f"{value[:8]}… ({len(value)} indices)" if len(value) > 8 else value
-        out.print(f"[bold]{key}[/]: {value}", highlight=False)
+        out.print(_styled(f"{key}:", "bold", str(value)), highlight=False)
 
 
 @app.command()
@@ -281,16 +290,14 @@ def diagnose(
         _print_json(d.to_dict())
         return
     wd = d.extra.get("weight_decay")
-    out.print(
-        f"[bold]objective[/]: {d.extra.get('objective')}" + (f", weight decay {wd:g}" if wd else ""), highlight=False
-    )
-    out.print(f"[bold]relative residual[/]: {d.relative_residual:.4f}   (0 = exact KKT point)", highlight=False)
+    out.print(_styled("objective:", "bold", str(d.extra.get("objective")) + (f", weight decay {wd:g}" if wd else "")))
+    out.print(_styled("relative residual:", "bold", f"{d.relative_residual:.4f}   (0 = exact KKT point)"))
     for name, value in d.residual_per_layer.items():
         out.print(f"  {name}: {value:.4f}", highlight=False)
-    out.print(f"[bold]non-zero λ[/]: {d.n_nonzero} of {d.n}", highlight=False)
+    out.print(_styled("non-zero λ:", "bold", f"{d.n_nonzero} of {d.n}"))
     norm = sorted(d.normalized_margins)
-    out.print(f"[bold]normalised margins[/] (÷ min): min {norm[0]:.3f}, median {norm[len(norm) // 2]:.3f}, "
-              f"max {norm[-1]:.3f}", highlight=False)  # fmt: skip
+    spread = f"min {norm[0]:.3f}, median {norm[len(norm) // 2]:.3f}, max {norm[-1]:.3f}"
+    out.print(_styled("normalised margins (÷ min):", "bold", spread))
 
 
 # The attack's settings that have an option of their own (every other one is reached by --set).
@@ -527,6 +534,10 @@ def _print_sweep(result: Any, objective: str) -> None:
             *(_num(p.get(k)) for k in ("init_scale", "lr", "lambda_min", "alpha")),
         )  # fmt: skip
     out.print(table)
+    if not any(r["state"] == "COMPLETE" for r in result.rows):  # then the sweep wrote no pool
+        trials = result.out / "trials"
+        out.print(f"no trial finished, so nothing was pooled: each trial's reason is in {trials}/NNNN/error.txt")
+        return
     out.print(f"pooled candidates: {result.out / 'pool'} (evaluate with `kktrecon evaluate {result.out}`)")
 
 
@@ -568,17 +579,15 @@ def audit(
 
     with _errors():
         if held_out is None:
-            err.print("[yellow]warning:[/] no --held-out images: look-alikes cannot be told from leaks.")
+            err.print(_styled("warning:", "yellow", "no --held-out images: look-alikes cannot be told from leaks."))
         result = run_audit(
             weights=weights, arch=arch, train=train_dir, held_out=held_out, out=out_dir, budget_s=_duration(budget),
             mean=mean, trials=trials, iterations=iterations, device=device, resume=resume, force=force,
         )  # fmt: skip
     if held_out is not None and result.metrics.get("held_out", {}).get("count", WEAK_POOL) < WEAK_POOL:
-        err.print(f"[yellow]warning:[/] {weak_pool_note(result.metrics)}", highlight=False)
+        err.print(_styled("warning:", "yellow", weak_pool_note(result.metrics)), highlight=False)
     out.rule("audit")
-    out.print(
-        f"[bold]{len(result.recovered)} of {result.metrics['n_train']} training images recovered[/]", highlight=False
-    )
+    out.print(_styled(f"{len(result.recovered)} of {result.metrics['n_train']} training images recovered", "bold"))
     for name in result.recovered:
         out.print(f"  {name}", highlight=False)
     out.print(f"report: {result.report.resolve()} · {result.seconds / 60:.1f} min", highlight=False)
@@ -653,13 +662,13 @@ def demo(
     with _errors():
         result = run_demo(out_dir, toy=toy, seed=seed, resume=resume, force=force, console=out)
     out.rule("result")
-    out.print(f"[bold green]{result.headline}[/]", highlight=False)
+    out.print(Text(result.headline, style="bold green"), highlight=False)
     times = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
     out.print(f"time: {times}; total {sum(result.seconds.values()) / 60:.1f} min", highlight=False)
     out.print(f"report: {result.report.resolve()}", highlight=False)
     count = result.metrics["n_found" if toy else "n_recovered"]
     if fail_under is not None and count < fail_under:
-        err.print(f"[bold red]fail:[/] {count} < --fail-under {fail_under}")
+        err.print(_styled("fail:", "bold red", f"{count} < --fail-under {fail_under}"))
         raise typer.Exit(3)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.text import Text
 
 from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state, reconstruct
 from kktrecon.configs import config_from_dict, config_to_dict
@@ -194,14 +195,15 @@ def demo(
     if config is None:
         config = DemoConfig.for_toy(seed) if toy else DemoConfig.for_mnist(seed)
     out = Path(out)
-    if resume and (out / DEMO_FILE).exists():
+    run = open_run(out, DEMO_RUN, force=force, resume=resume)  # locked until the demo returns
+    if run.status != "new":
         if _recorded(read_json(out / DEMO_FILE).get("config")) != config:
             raise RunStateError(f"Cannot resume {out}: it was started with another recipe (other --seed or --toy?).")
     else:
-        open_run(out, DEMO_RUN, force=force)
         atomic_write_json(out / DEMO_FILE, {"config": config_to_dict(config)})
 
-    console.print(f"[bold]kktrecon demo[/] ({'2-D toy' if config.toy else 'MNIST odd/even, 20 digits'}) → {out}")
+    what = "2-D toy" if config.toy else "MNIST odd/even, 20 digits"
+    console.print(Text.assemble(("kktrecon demo", "bold"), f" ({what}) → {out}"))  # the path verbatim, never markup
     console.print(f"estimated time on this machine: ~{estimate_seconds(config) / 60:.1f} min", highlight=False)
     seconds: dict[str, float] = {}
     data_root = None if config.toy else SAMPLE_ROOT

@@ -8,11 +8,18 @@ them, with one message for each refusal, and ``force`` removes only what the kin
 
 from __future__ import annotations
 
+import os
 import shutil
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+try:  # advisory locks on run directories (POSIX); elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 from kktrecon.errors import ConfigError, RunDirectoryExistsError, RunStateError
 
@@ -62,6 +69,7 @@ class Run:
     path: Path
     kind: RunKind
     status: RunStatus
+    lock: Any = field(default=None, repr=False, compare=False)  # held while this object lives
 
     @property
     def manifest(self) -> Path:
@@ -76,8 +84,10 @@ def open_run(path: str | Path, kind: RunKind, *, force: bool = False, resume: bo
     """Open ``path`` for a run of ``kind``: the one set of force / resume rules every stage follows.
 
     - a new or empty directory (or one holding unrelated files) starts a new run;
-    - ``force`` deletes the run's own files first, so nothing of an earlier run can be mistaken
-      for this one's, then starts over;
+    - ``force`` deletes the run's own files and folders first (only where its manifest or state
+      shows that such a run is there; never the directory itself or anything else in it), so
+      nothing of an earlier run can be mistaken for this one's, then starts over;
+    - the directory is locked while the returned :class:`Run` lives: a second process is refused.
     - ``resume`` continues an unfinished run or opens a finished one (the caller compares configs
       and returns it, extends it, or refuses);
     - without either, a directory holding a run (finished or not) is refused.
@@ -85,31 +95,66 @@ def open_run(path: str | Path, kind: RunKind, *, force: bool = False, resume: bo
     Raises:
         ConfigError: both ``force`` and ``resume``.
         RunDirectoryExistsError: the directory holds a run and neither flag was given.
+        RunStateError: another process is running in the directory.
     """
     if force and resume:
         raise ConfigError("Expected at most one of `force` (start over) and `resume` (continue). Got both.")
     path = Path(path)
+    lock = _lock(path, kind) if path.is_dir() else None
     finished = (path / kind.manifest).exists()
     unfinished = not finished and (path / kind.state).exists()
-    if force:  # only what this kind of run writes: never the directory itself or anything else in it
+    if force and (finished or unfinished):  # only what this kind wrote, and only where it left its mark
         for name in (kind.manifest, kind.state, *kind.outputs):
             (path / name).unlink(missing_ok=True)
         for name in kind.dirs:
             if (path / name).is_dir() and not (path / name).is_symlink():
                 shutil.rmtree(path / name)
-    elif finished and not resume:
+    elif finished and not resume and not force:
         raise RunDirectoryExistsError(
             f"{path} already holds a finished {kind.what} ({kind.manifest} exists). Choose another directory, pass "
             "--resume to return or extend it, or --force to overwrite it."
         )
-    elif unfinished and not resume:
+    elif unfinished and not resume and not force:
         raise RunDirectoryExistsError(
             f"{path} holds an unfinished {kind.what} ({kind.state} exists); pass --resume to continue or --force to "
             "start over."
         )
     path.mkdir(parents=True, exist_ok=True)
     status: RunStatus = "new" if force else "finished" if finished else "unfinished" if unfinished else "new"
-    return Run(path=path, kind=kind, status=status)
+    return Run(path=path, kind=kind, status=status, lock=lock or _lock(path, kind))
+
+
+class _Lock:
+    """An exclusive advisory lock on a run directory, released when the last :class:`Run` holding it is gone."""
+
+    def __init__(self, fd: int) -> None:
+        weakref.finalize(self, os.close, fd)
+
+
+_HELD: weakref.WeakValueDictionary[str, _Lock] = weakref.WeakValueDictionary()
+
+
+def _lock(path: Path, kind: RunKind) -> _Lock | None:
+    """Lock ``path`` for this process (shared by its runs); refuse when another process holds it.
+
+    Raises:
+        RunStateError: another process is running in ``path``.
+    """
+    key = str(path.resolve())
+    held = _HELD.get(key)
+    if held is not None or fcntl is None:
+        return held
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunStateError(
+            f"{path} is in use by another kktrecon process (a {kind.what} is running there). Wait for it to end, "
+            "or choose another directory."
+        ) from None
+    lock = _HELD[key] = _Lock(fd)
+    return lock
 
 
 def check_resumable(

@@ -211,6 +211,7 @@ class Trial:
     error: str | None = None
     diverged: tuple[float, int] | None = None  # the non-finite loss and its iteration
     last_good: int | None = None  # the iteration of the last checkpoint written or found
+    run: Run | None = None  # its directory, locked while the trial lives
 
     @classmethod
     def open(
@@ -220,7 +221,7 @@ class Trial:
         run = open_run(out, ATTACK_RUN, force=force, resume=resume) if out is not None else None
         state = TrialState.start(config, s)
         meta = {"config": config_to_dict(config), "victim": s.info["fingerprint"]}
-        trial = cls(config, state, run.state if run else None, run.path if run else None, meta)
+        trial = cls(config, state, run.state if run else None, run.path if run else None, meta, run=run)
         if run is not None and run.status == "finished" and _finished_as_asked(run, config, meta):
             trial.result = load_result(run.path, s.device, s.dtype)
         elif run is not None and run.status != "new":

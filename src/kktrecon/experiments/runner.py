@@ -38,7 +38,7 @@ from kktrecon.files import (
 from kktrecon.models import load_checkpoint
 from kktrecon.pipelines import evaluate
 from kktrecon.reporting.figures import FIG_PAIRS, FIG_TOY, figure_png, plot_panels
-from kktrecon.runs import RunKind, open_run
+from kktrecon.runs import Run, RunKind, open_run
 from kktrecon.sweeps.selection import on_the_margin
 from kktrecon.training import train
 
@@ -100,7 +100,8 @@ def experiment(
         )
         for c in exp.cells(scale)
     )
-    out = _open(Path(out), exp, scale, cells, resume=resume, force=force)
+    run = _open(Path(out), exp, scale, cells, resume=resume, force=force)  # locked until the experiment returns
+    out = run.path
     rows = [_run_cell(out / "cells" / cell.name, cell, data_root, device, progress) for cell in cells]
     files = _write_results(out, exp, scale, rows)
     # The cells' own times: a resumed experiment counts each cell once, not the resuming call's wall time.
@@ -110,7 +111,7 @@ def experiment(
     return ExperimentResult(out=out, rows=rows, files=files, seconds=seconds)
 
 
-def _open(out: Path, exp: Experiment, scale: str, cells: tuple[Cell, ...], *, resume: bool, force: bool) -> Path:
+def _open(out: Path, exp: Experiment, scale: str, cells: tuple[Cell, ...], *, resume: bool, force: bool) -> Run:
     """Create or reopen an experiment directory (the shared lifecycle), refusing other cells on resume."""
     record = {
         "format": "kktrecon.experiment/1",
@@ -128,7 +129,7 @@ def _open(out: Path, exp: Experiment, scale: str, cells: tuple[Cell, ...], *, re
                 "other cells. Choose another directory, or --force."
             )
     atomic_write_json(run.path / EXPERIMENT_FILE, record)
-    return run.path
+    return run
 
 
 def _data_root(cell: Cell, data_root: str | Path | None) -> str | Path | None:

@@ -7,6 +7,7 @@ trials' directories, so a cluster needs the sweep directory on a shared filesyst
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from kktrecon.configs import config_from_dict, config_to_dict
 from kktrecon.errors import ConfigError, MissingDependencyError
 from kktrecon.registry import Registry
 
-__all__ = ["BACKENDS", "LocalBackend", "RayBackend", "get_backend", "run_batch"]
+__all__ = ["BACKENDS", "LocalBackend", "RayBackend", "check_ray_address", "get_backend", "run_batch"]
 
 
 def run_batch(
@@ -72,6 +73,7 @@ class RayBackend:
     """Runs each batch as a Ray task: on the cluster at ``address``, or on a local Ray instance."""
 
     def __init__(self, *, address: str | None, device: str, progress: bool, **_: Any) -> None:
+        check_ray_address(address)
         try:
             import ray
         except ImportError as err:
@@ -107,6 +109,35 @@ class RayBackend:
             for configs, outs in batches
         ]
         return self.ray.get(refs)
+
+
+def check_ray_address(address: str | None, *, timeout_s: float = 5.0) -> None:
+    """Refuse a malformed Ray address, or one where nothing answers within ``timeout_s``.
+
+    ``ray.init`` retries an address where nothing listens for minutes without a word, and fails on a
+    malformed one with a traceback; a TCP connect tells both apart in seconds. ``None``, ``auto`` and
+    ``local`` are Ray's own choices and pass.
+
+    Raises:
+        ConfigError: ``address`` is not HOST:PORT (or ray://HOST:PORT) with a port 1–65535, or no
+            process accepts a connection there.
+    """
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
+    if not (sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"Expected `address` as HOST:PORT with a port 1–65535 (or ray://HOST:PORT, or auto). Got {address!r}."
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError:
+        raise ConfigError(
+            f"Expected a Ray cluster at {hostport}. Got no answer within {timeout_s:g} s. Start one with "
+            "`ray start --head`, or leave out the address for a local Ray instance."
+        ) from None
 
 
 #: Backends by name.

@@ -21,22 +21,33 @@ program (:mod:`kktrecon.attack.batched`), locally or as Ray tasks (:mod:`kktreco
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import shutil
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kktrecon.attack.victim import Victim, VictimLike
 from kktrecon.configs import config_to_dict
-from kktrecon.errors import ConfigError, MissingDependencyError
-from kktrecon.files import RECONSTRUCTION_FILE, atomic_write_json, atomic_write_text, package_versions, read_json
+from kktrecon.errors import CheckpointError, ConfigError, MissingDependencyError, RunStateError
+from kktrecon.files import (
+    POOL_DIR,
+    RECONSTRUCTION_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    package_versions,
+    read_json,
+)
 from kktrecon.runs import check_resumable, check_same_victim, open_run
 from kktrecon.sweeps.config import (
     ERROR_FILE,
@@ -67,6 +78,8 @@ __all__ = [
     "sweep",
 ]
 
+#: The study's name in study.db (one study per sweep directory).
+STUDY_NAME = "kktrecon"
 #: Scores a finished trial directory against the training set (the ``oracle`` objective; research only).
 OracleScore = Callable[[Path], float]
 
@@ -82,7 +95,7 @@ class SweepResult:
     @property
     def best(self) -> dict[str, Any] | None:
         done = [r for r in self.rows if r["state"] == "COMPLETE"]
-        return max(done, key=lambda r: r["value"]) if done else None
+        return max(done, key=lambda r: -math.inf if r["value"] is None else r["value"]) if done else None
 
 
 def sweep(
@@ -126,11 +139,12 @@ def sweep(
 
     Raises:
         RunDirectoryExistsError: ``out`` holds a sweep and neither ``resume`` nor ``force`` was given.
-        RunStateError: resuming with another config or victim.
+        RunStateError: resuming with another config or victim, or a trial recorded outside ``out``.
+        CheckpointError: ``study.db`` is not a readable Optuna study (then nothing in ``out`` is written).
         MissingDependencyError: optuna (or ray, for ``backend="ray"``) is not installed.
     """
     config = dataclasses.replace(config or SweepConfig(), **overrides)
-    optuna = _optuna()
+    _optuna()
     from kktrecon.sweeps.backends import get_backend
 
     if config.objective == "oracle" and oracle is None:
@@ -143,12 +157,7 @@ def sweep(
         raise ConfigError("Expected the kkt objective and `attack.candidates` for a victim model held in memory.")
     runner = get_backend(backend, address=address, device=str(device), progress=progress)
     run = {"backend": backend, "address": address, "budget_s": budget_s, "pool_top": pool_top, "device": str(device)}
-    out = _open_sweep(target, Path(out), config, run=run, resume=resume, force=force)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_FILE).resolve()}")
-    study = optuna.create_study(
-        study_name="kktrecon", storage=storage, direction="maximize", sampler=SAMPLERS[config.sampler](config.seed),
-        load_if_exists=True,
-    )  # fmt: skip
+    out, study = _open_sweep(target, Path(out), config, run=run, resume=resume, force=force)
     scorer = _Scorer(out, config, oracle=oracle)
     start = time.perf_counter()
     if config.warm_start and not study.get_trials(deepcopy=False):
@@ -171,6 +180,7 @@ def sweep(
         round_seconds.append(time.perf_counter() - t0)
     extended = _extend(study, runner, scorer, config, target, out) if config.extend else {}
     rows = scorer.finalise(study, extended)
+    _remove_pool(out)  # an earlier run's pool must not outlive it: `evaluate SWEEP` would score it
     atomic_write_json(out / RESULTS_FILE, {"objective": config.objective, "trials": rows})
     if any(r["state"] == "COMPLETE" for r in rows):
         write_pool(out, target, top=pool_top)
@@ -202,10 +212,12 @@ def _optuna() -> Any:
 
 def _open_sweep(
     victim: Victim, out: Path, config: SweepConfig, *, run: dict[str, Any], resume: bool, force: bool
-) -> Path:
-    """Create or reopen a sweep directory (the shared lifecycle), refusing a foreign sweep or other settings.
+) -> tuple[Path, Any]:
+    """Create or reopen a sweep directory (the shared lifecycle) and its study, refusing foreign ones or other settings.
 
-    ``run`` (backend, budget, pool size, device) is recorded as this invocation's; a resume may change it.
+    Everything is checked (victim, config, study, trial directories) before ``sweep.json`` is written,
+    so that a refused sweep leaves its directory as it was. ``run`` (backend, budget, pool size,
+    device) is recorded as this invocation's; a resume may change it.
     """
     record = {
         "format": "kktrecon.sweep/1",
@@ -221,8 +233,76 @@ def _open_sweep(
         saved = read_json(opened.path / SWEEP_FILE)
         check_same_victim(out, saved.get("fingerprint"), record["fingerprint"])
         check_resumable(saved.get("config", {}), record["config"], where=out, free=FREE_ON_RESUME)
+    study = _load_study(opened.path / STUDY_FILE, config)
+    for t in study.get_trials(deepcopy=False):
+        _trial_dir(opened.path, t)
     atomic_write_json(opened.path / SWEEP_FILE, record)
-    return opened.path
+    return opened.path, study
+
+
+def _load_study(path: Path, config: SweepConfig) -> Any:
+    """The sweep's study in ``path`` (created when new), or one CheckpointError line when it is unreadable."""
+    import sqlalchemy.exc
+
+    optuna = _optuna()
+    _check_study_file(path)
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
+        names = optuna.get_all_study_names(storage)
+        if names and STUDY_NAME not in names:
+            raise CheckpointError(_unreadable(path, f"it holds the studies {names}, not a sweep's {STUDY_NAME!r}"))
+        return optuna.create_study(
+            study_name=STUDY_NAME, storage=storage, direction="maximize", sampler=SAMPLERS[config.sampler](config.seed),
+            load_if_exists=True,
+        )  # fmt: skip
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as err:  # RuntimeError: another Optuna schema
+        raise CheckpointError(_unreadable(path, getattr(err, "orig", None) or err)) from err
+
+
+def _check_study_file(path: Path) -> None:
+    """Refuse a study file SQLite cannot read, or one holding other tables, before Optuna writes its own into it."""
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = sorted(row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise CheckpointError(_unreadable(path, err)) from err
+    if check != "ok":
+        raise CheckpointError(_unreadable(path, check))
+    if tables and "studies" not in tables:
+        raise CheckpointError(_unreadable(path, f"it holds the tables {tables}, not Optuna's"))
+
+
+def _unreadable(path: Path, why: object) -> str:
+    lines = str(why).strip().splitlines() or ["(no detail)"]
+    return f"{path} is not a readable Optuna study (truncated or corrupt?): {lines[0]}; pass --force to start over."
+
+
+def _trial_dir(out: Path, trial: Any) -> Path:
+    """A trial's directory as the study records it, refused unless it lies inside the sweep directory.
+
+    study.db is a file anyone can edit or copy from another machine: an absolute path or ``..`` in it
+    must not send a trial's checkpoints outside the sweep.
+    """
+    recorded = str(trial.user_attrs.get("dir", Path(TRIALS_DIR) / f"{trial.number:04d}"))
+    folder, root = out / recorded, out.resolve()
+    inside = folder.resolve()
+    if Path(recorded).is_absolute() or inside == root or not inside.is_relative_to(root):
+        raise RunStateError(
+            f"Trial {trial.number} of {out} records its directory as {recorded!r}, outside the sweep directory: "
+            f"expected a path inside it such as {TRIALS_DIR}/{trial.number:04d}. Pass --force to start over."
+        )
+    return folder
+
+
+def _remove_pool(out: Path) -> None:
+    pool = out / POOL_DIR
+    if pool.is_symlink() or pool.is_file():
+        pool.unlink()
+    elif pool.is_dir():
+        shutil.rmtree(pool)
 
 
 def _counted(study: Any) -> int:
@@ -232,14 +312,23 @@ def _counted(study: Any) -> int:
     return sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
-def _distribution(p: Parameter) -> Any:
-    import optuna
-
-    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log)
+def _trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial ``number``: distinct per (sweep seed, trial), whatever ran before."""
+    return int(np.random.SeedSequence((seed, number)).generate_state(1)[0])
 
 
 def _ask(study: Any, config: SweepConfig, out: Path) -> Any:
-    trial = study.ask({p.name: _distribution(p) for p in config.space})
+    """A new trial with its parameters sampled by a sampler seeded for its number.
+
+    One sampler for the whole sweep would be re-created from its seed by a resumed (or grown) sweep
+    and repeat the first trials' parameters; seeded per trial, trial i gets the same parameters
+    however many runs the sweep took to reach it. The sampler is re-seated after ``ask`` (the
+    parameters are drawn on ``suggest``) so that the seed follows the number the storage gave.
+    """
+    trial = study.ask()
+    study.sampler = SAMPLERS[config.sampler](_trial_seed(config.seed, trial.number))
+    for p in config.space:
+        trial.suggest_float(p.name, p.low, p.high, log=p.log)
     trial.set_user_attr("dir", str(Path(TRIALS_DIR) / f"{trial.number:04d}"))
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
@@ -274,7 +363,7 @@ def _extend(
     if not best:
         return {}
     configs = [config.trial_config(t.number, t.params, extended=True) for t in best]
-    dirs = [out / t.user_attrs["dir"] for t in best]
+    dirs = [_trial_dir(out, t) for t in best]
     (errors,) = runner.run(victim.target, [(configs, dirs)], resume=True, input_shape=victim.input_shape)
     values = _outcomes(scorer, dirs, errors, what=f"extension to {configs[0].iterations} iterations: ")
     return {t.number: v for t, v in zip(best, values, strict=True)}
@@ -291,7 +380,7 @@ def _stale_trials(study: Any, out: Path, grace_s: float = 900.0) -> list[Any]:
             if not _alive(int(t.user_attrs.get("pid", -1))):
                 stale.append(t)
             continue
-        folder = out / t.user_attrs.get("dir", "")
+        folder = _trial_dir(out, t)
         newest = max((p.stat().st_mtime for p in folder.glob("*")), default=0.0)
         if time.time() - newest > grace_s:
             stale.append(t)
@@ -326,9 +415,7 @@ def _run(
     """
     import optuna
 
-    jobs = [
-        ([config.trial_config(t.number, t.params) for t in b], [out / t.user_attrs["dir"] for t in b]) for b in batches
-    ]
+    jobs = [([config.trial_config(t.number, t.params) for t in b], [_trial_dir(out, t) for t in b]) for b in batches]
     results = runner.run(victim.target, jobs, resume=True, input_shape=victim.input_shape)
     trials = [t for b in batches for t in b]
     outs = [o for _, job_outs in jobs for o in job_outs]
@@ -375,7 +462,7 @@ class _Scorer:
         """One row per trial: its value by the sweep's objective (after its extension, if any) and its kkt score."""
         rows = []
         for t in study.get_trials(deepcopy=False):
-            folder = (self.out / t.user_attrs.get("dir", "")).resolve()
+            folder = _trial_dir(self.out, t).resolve()
             manifest = read_json(folder / RECONSTRUCTION_FILE) if (folder / RECONSTRUCTION_FILE).is_file() else {}
             rows.append({
                 "number": t.number, "state": t.state.name, "value": _finite(extended.get(t.number, t.value)),
