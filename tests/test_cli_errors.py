@@ -228,3 +228,18 @@ def test_out_of_range_settings_fail_before_anything_is_written(victim, tmp_path,
     assert f"`{name}`" in _clean_failure(args)
     assert not out.exists()
     assert [p.name for p in victim.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_names_holding_rich_markup_print_as_they_are(tmp_path) -> None:
+    odd = tmp_path / "runs[/]x[bold]"  # "runs[" / "]x[bold]": the "/" of "[/]" is a separator
+    odd.mkdir(parents=True)
+    text = _clean_failure(["reconstruct", str(odd), "--out", str(tmp_path / "rec")])
+    assert "runs[/]x[bold]" in text and "is not a victim run directory" in text
+
+
+def test_evaluating_a_sweep_that_pooled_nothing_says_why(tmp_path) -> None:
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text("{}")  # started; no trial finished, so no pool/
+    text = _clean_failure(["evaluate", str(sweep_dir)])
+    assert "a sweep without pooled candidates: no trial of it finished" in text

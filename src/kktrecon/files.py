@@ -31,6 +31,7 @@ __all__ = [
     "RANKING_FILE",
     "RECONSTRUCTION_FILE",
     "REPORT_FILE",
+    "SWEEP_FILE",
     "TRAIN_STATE_FILE",
     "VICTIM_FILE",
     "VICTIM_WEIGHTS_FILE",
@@ -55,6 +56,7 @@ PER_SAMPLE_FILE = "per_sample.csv"  # an evaluation's row per training sample
 REPORT_FILE = "report.html"
 RANKING_FILE = "ranking.json"  # a pooled sweep's oracle-free ranking of its candidates
 POOL_DIR = "pool"  # inside a sweep directory: its best trials' candidates, pooled and ranked
+SWEEP_FILE = "sweep.json"  # a sweep's record: config, victim, versions; written when it starts
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

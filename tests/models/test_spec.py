@@ -172,3 +172,33 @@ def test_fit_weights_names_the_first_mismatching_tensor() -> None:
         fit_weights(model, missing, where="w.pt")
     with pytest.raises(CheckpointError, match=r"NaN or Inf values in \['0\.weight'\]"):
         fit_weights(model, {**state, "0.weight": torch.full_like(state["0.weight"], float("nan"))}, where="w.pt")
+
+
+class _Payload:
+    def __reduce__(self):  # what a malicious checkpoint carries: a call to run on unpickling
+        return (print, ("ran",))
+
+
+def test_a_malicious_pickle_is_named_for_what_it_is_and_nothing_runs(tmp_path, capsys) -> None:
+    torch.save({"w": torch.ones(2), "x": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_weights(tmp_path / "evil.pt")
+    message = str(info.value)
+    assert "objects other than tensors" in message and "nothing in it was run" in message
+    assert "weights_only" not in message and "corrupt" not in message  # torch's advice is never relayed
+    assert "ran" not in capsys.readouterr().out
+
+
+def test_a_spec_far_larger_than_its_weights_is_refused_before_anything_is_allocated(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from kktrecon.attack.victim import Victim
+
+    save_file({"1.weight": torch.zeros(10, 784), "1.bias": torch.zeros(10), "3.weight": torch.zeros(1, 10)},
+              str(tmp_path / "w.safetensors"))  # fmt: skip
+    huge = 10**6  # 784-10⁶-10⁶-1: 4 TB of float32 if it were built
+    spec = {"input_shape": [1, 28, 28], "layers": ["flatten", {"linear": [784, huge]}, "relu",
+            {"linear": [huge, huge], "bias": False}, "relu", {"linear": [huge, 1], "bias": False}]}  # fmt: skip
+    (tmp_path / "arch.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match=r"'1\.weight' has shape \(10, 784\), expected \(1000000, 784\)"):
+        Victim.from_spec(tmp_path / "w.safetensors", tmp_path / "arch.json")

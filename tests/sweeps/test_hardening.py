@@ -138,3 +138,25 @@ def test_the_command_line_reports_a_bad_ray_address_in_one_line(victim, tmp_path
         result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert address in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_each_trial_is_sampled_from_the_seed_and_its_number(tmp_path, sampler) -> None:
+    import optuna
+
+    from kktrecon.sweeps import SweepConfig
+    from kktrecon.sweeps.study import _ask
+
+    config = SweepConfig(sampler=sampler, seed=3)
+
+    def run(path: Path, stops: tuple[int, ...]) -> list[dict]:
+        for total in stops:  # each stop: the study reopened with a fresh sampler, as a resumed sweep does
+            study = optuna.create_study(storage=f"sqlite:///{path}", study_name="s", load_if_exists=True)
+            while len(study.trials) < total:
+                trial = _ask(study, config, tmp_path)
+                study.tell(trial, sum(trial.params.values()))
+        return [t.params for t in study.trials]
+
+    straight = run(tmp_path / "a.db", (4,))
+    assert run(tmp_path / "b.db", (1, 3, 4)) == straight
+    assert len({tuple(p.values()) for p in straight}) == 4

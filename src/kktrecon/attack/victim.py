@@ -110,8 +110,10 @@ class Victim:
     @classmethod
     def from_spec(cls, weights: str | Path, arch: str | Path, **known: Any) -> Victim:
         """A JSON ``nn.Sequential`` spec and its weights (safetensors, or a state dict read weights-only)."""
-        model, shape = load_spec(arch)
-        fit_weights(model, load_weights(weights), where=str(weights))
+        tensors = load_weights(weights)
+        with torch.device("meta"):  # shapes first: a spec that does not fit its weights allocates nothing
+            model, shape = load_spec(arch)
+        fit_weights(model, tensors, where=str(weights))
         return cls.from_module(model.eval(), shape, **known)
 
     @classmethod

@@ -67,9 +67,10 @@ def load_images(
         class_names: the classes to expect (a held-out folder must have the training folder's classes).
 
     Raises:
-        DataNotFoundError: ``source`` does not exist, or holds no images.
-        CorruptDataError: a file cannot be read as an image.
-        DataError: sizes, channels, labels or classes that do not fit.
+        DataNotFoundError: ``source`` does not exist, holds no class folders, or a class folder holds no images.
+        CorruptDataError: a file cannot be read as an image or an npz, or its header promises more than it holds.
+        DataError: sizes, channels, labels or classes that do not fit; a symbolic link, a FIFO or another special
+            file; an image over Pillow's decompression-bomb limit.
     """
     source = Path(source)
     if not source.exists():

@@ -29,7 +29,7 @@ from torch import Tensor
 from kktrecon.attack.objectives import get_objective
 from kktrecon.checks import check_int
 from kktrecon.data import Dataset
-from kktrecon.errors import CheckpointError, ConfigError, RunDirectoryExistsError
+from kktrecon.errors import CheckpointError, ConfigError, RunDirectoryExistsError, RunFileNotFoundError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.outputs import forward_chunked, normalised_margins, outputs_and_margins
 from kktrecon.evaluation.scores import image_metrics, score_candidates
@@ -41,6 +41,7 @@ from kktrecon.files import (
     POOL_DIR,
     RANKING_FILE,
     RECONSTRUCTION_FILE,
+    SWEEP_FILE,
     atomic_write_json,
     atomic_write_text,
     package_versions,
@@ -422,6 +423,11 @@ def _pool_of_sweep(rec_dirs: str | Path | Sequence[str | Path]) -> str | Path | 
     def one(path: Path) -> Path:
         if not (path / RECONSTRUCTION_FILE).exists() and (path / POOL_DIR / RECONSTRUCTION_FILE).exists():
             return path / POOL_DIR
+        if not (path / RECONSTRUCTION_FILE).exists() and (path / SWEEP_FILE).exists():
+            raise RunFileNotFoundError(
+                f"{path} is a sweep without pooled candidates: no trial of it finished (see its results.json and "
+                "trials/*/error.txt), or it was interrupted before pooling; run it again with --resume."
+            )
         return path
 
     if isinstance(rec_dirs, str | Path):

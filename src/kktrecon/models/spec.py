@@ -266,13 +266,15 @@ def _torch_load(path: Path) -> Any:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
         # the weights-only unpickler refuses any class but tensors and plain containers, and names it
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:
-            raise CheckpointError(f"{path} could not be read as a PyTorch state dict (corrupt?): {err}") from err
+        # (torch's own message advises turning weights_only off: never relayed)
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found is None:  # not a refused object: bytes that are no pickle of tensors
+            raise CheckpointError(f"{path} could not be read as a PyTorch state dict (truncated or corrupt?)") from None
         raise CheckpointError(
-            f"{path} holds objects other than tensors (it needs {found.group(1)}), which kktrecon never unpickles: "
-            "a whole pickled model? Save `model.state_dict()` with torch.save, or use safetensors."
-        ) from err
+            f"{path} holds objects other than tensors (it needs {found.group(1)}); kktrecon never unpickles them, "
+            "so nothing in it was "
+            "run. A whole pickled model? Save `model.state_dict()` with torch.save, or use safetensors."
+        ) from None
     except Exception as err:  # torch.load raises many types (KeyError, RuntimeError, …) on foreign bytes
         raise CheckpointError(f"{path} could not be read as a PyTorch state dict (corrupt?): {err}") from err
 
@@ -296,7 +298,8 @@ def fit_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, where:
     """Load ``tensors`` into ``model`` after checking every name and shape; the model takes their dtype.
 
     Args:
-        model: the module the spec built.
+        model: the module the spec built, possibly on the ``meta`` device (shapes only: it is then
+            allocated on the CPU once every tensor fits, so a spec far larger than its weights costs nothing).
         tensors: name -> tensor, e.g. from :func:`load_weights`.
         where: the weights' origin (a path), for messages.
 
@@ -310,6 +313,8 @@ def fit_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], *, where:
     bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
     if bad:
         raise CheckpointError(f"{where} holds NaN or Inf values in {bad}.")
+    if any(p.is_meta for p in model.parameters()):  # built without memory: allocate now that the shapes fit
+        model.to_empty(device="cpu")
     dtypes = {v.dtype for v in tensors.values()}
     if len(dtypes) == 1:
         model.to(dtype=dtypes.pop())

@@ -95,7 +95,8 @@ class SweepConfig:
         sampler: ``random`` (the reference) or ``tpe``.
         objective: ``kkt`` (oracle-free, the default) or ``oracle`` (n_recovered against the
             training set: research only).
-        seed: seed of the sampler; trial i's candidates are seeded with ``seed + i``.
+        seed: seed of the sampler (trial i's parameters are drawn from (seed, i), so a resumed sweep
+            draws what an uninterrupted one would); trial i's candidates are seeded with ``seed + i``.
         space: the swept parameters (default: the reference's space).
         attack: the other attack settings, shared by all trials (candidates, dtype, objective, …).
         tau: NCC distance under which two candidates of different trials agree (``kkt`` objective).
