@@ -243,3 +243,19 @@ def test_evaluating_a_sweep_that_pooled_nothing_says_why(tmp_path) -> None:
     (sweep_dir / "sweep.json").write_text("{}")  # started; no trial finished, so no pool/
     text = _clean_failure(["evaluate", str(sweep_dir)])
     assert "a sweep without pooled candidates: no trial of it finished" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("[" * 100_000 + "]" * 100_000, "nested too deeply"), ('{"input_shape": [' + "9" * 5000 + "]}", "does not read")],
+    ids=["deep", "digits"],
+)
+def test_a_hostile_arch_spec_is_one_line(tmp_path, text, says) -> None:
+    (tmp_path / "arch.json").write_text(text)
+    (tmp_path / "train").mkdir()
+    torch.save({"1.weight": torch.zeros(1, 4)}, tmp_path / "w.pt")
+    text = _clean_failure(
+        ["audit", "--weights", str(tmp_path / "w.pt"), "--arch", str(tmp_path / "arch.json"), "--train",
+         str(tmp_path / "train"), "--out", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert says in text and not (tmp_path / "out").exists()

@@ -116,6 +116,10 @@ def read_json(path: str | Path) -> dict[str, Any]:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt?): {err}") from err
+    except RecursionError:  # nested deeper than the parser's stack
+        raise CheckpointError(f"{path} is nested too deeply to be a kktrecon file or spec.") from None
+    except ValueError as err:  # e.g. an integer of thousands of digits
+        raise CheckpointError(f"{path} holds a value kktrecon does not read: {str(err)[:120]}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"Expected {path} to hold a JSON object. Got {type(obj).__name__}.")
     return obj
