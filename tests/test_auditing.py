@@ -185,3 +185,8 @@ def test_force_in_a_project_folder_removes_only_the_audits_own_files(user, tmp_p
     kept = {"model.pt", "arch.json", "train", "held", "notes.txt"}
     assert kept <= {p.name for p in project.iterdir()} and (tmp_path / "parent.txt").exists()
     assert len(list((project / "train").rglob("*.png"))) == 10 and (project / "audit.json").is_file()
+    before = (project / "audit.json").read_bytes()
+    changed = [("200" if a == "20" else a) for a in args]  # --iterations 200
+    result = CliRunner().invoke(app, [*changed, "--resume"])
+    assert result.exit_code == 1 and "differs in ['iterations']" in " ".join(result.output.split())
+    assert (project / "audit.json").read_bytes() == before  # refused before anything was rewritten

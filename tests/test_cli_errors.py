@@ -259,3 +259,20 @@ def test_a_hostile_arch_spec_is_one_line(tmp_path, text, says) -> None:
          str(tmp_path / "train"), "--out", str(tmp_path / "out")]
     )  # fmt: skip
     assert says in text and not (tmp_path / "out").exists()
+
+
+def test_two_reconstructions_into_one_directory_at_once_are_refused(victim, tmp_path) -> None:
+    out = tmp_path / "rec"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from kktrecon.attack.loop import ATTACK_RUN; "
+         "from kktrecon.runs import open_run; r = open_run(sys.argv[1], ATTACK_RUN); print('held', flush=True); "
+         "time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        text = _clean_failure(["reconstruct", str(victim), "--out", str(out), "--iterations", "5"])
+        assert "in use by another kktrecon process" in text and _tree(out) == []
+    finally:
+        holder.kill()
+        holder.wait()

@@ -46,6 +46,8 @@ class RunKind:
         outputs: the other files the run writes (removed with the rest by ``force``).
         dirs: the subdirectories the run creates and owns (removed by ``force``; nothing else is).
         what: what the run is called in messages (``sweep``, ``audit``, …).
+        exclusive: one process at a time (the directory is locked while its :class:`Run` lives); a
+            sweep is not, since several workers may share its study.
 
     Jobs that record their config when they start (a sweep, an audit, an experiment, the demo) name
     that file as their ``state`` and the file they write last as their ``manifest``.
@@ -56,6 +58,7 @@ class RunKind:
     outputs: tuple[str, ...] = ()
     dirs: tuple[str, ...] = ()
     what: str = "run"
+    exclusive: bool = True
 
 
 #: How a run directory was found when it was opened.
@@ -142,7 +145,7 @@ def _lock(path: Path, kind: RunKind) -> _Lock | None:
     """
     key = str(path.resolve())
     held = _HELD.get(key)
-    if held is not None or fcntl is None:
+    if held is not None or fcntl is None or not kind.exclusive:
         return held
     fd = os.open(key, os.O_RDONLY)
     try:

@@ -16,7 +16,7 @@ from kktrecon.attack.config import ReconstructionConfig
 from kktrecon.checks import check_int, check_number
 from kktrecon.configs import config_from_dict, register_nested
 from kktrecon.errors import ConfigError
-from kktrecon.files import POOL_DIR, read_json
+from kktrecon.files import POOL_DIR, SWEEP_FILE, read_json
 from kktrecon.registry import Registry
 from kktrecon.runs import RunKind
 
@@ -30,7 +30,6 @@ __all__ = [
     "load_sweep_config",
 ]
 
-SWEEP_FILE = "sweep.json"
 STUDY_FILE = "study.db"
 TRIALS_DIR = "trials"
 RESULTS_FILE = "results.json"
@@ -154,8 +153,9 @@ register_nested("SweepConfig", "space", Parameter)
 
 #: A sweep directory: its config when it starts, its results when it ends, its study, trials and pool.
 SWEEP_RUN = RunKind(
-    manifest=RESULTS_FILE, state=SWEEP_FILE, outputs=(STUDY_FILE,), dirs=(TRIALS_DIR, POOL_DIR), what="sweep"
-)
+    manifest=RESULTS_FILE, state=SWEEP_FILE, outputs=(STUDY_FILE,), dirs=(TRIALS_DIR, POOL_DIR), what="sweep",
+    exclusive=False,  # several workers may share a sweep's study; each trial directory is locked by its trial
+)  # fmt: skip
 
 
 def load_sweep_config(out: str | Path) -> SweepConfig:
