@@ -102,6 +102,10 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_trial(victim, tmp_
     assert 0 < cut < 400 and [h["iteration"] for h in history] == list(range(0, 400, 8))  # resumed, not restarted
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"000{i}" for i in range(6)]
     assert sum(r["extended"] for r in result.rows) == 1 and sorted(r["iterations"] for r in result.rows)[-1] == 500
+    straight = sweep(victim, tmp_path / "straight", trials=6, batch=2, iterations=400, extend=100, checkpoint_every=20,
+                     progress=False, device="cpu").rows  # fmt: skip
+    assert [(r["number"], r["params"]) for r in result.rows] == [(r["number"], r["params"]) for r in straight]
+    assert [r["value"] for r in result.rows] == pytest.approx([r["value"] for r in straight], rel=1e-6)
 
 
 def test_the_released_winners_are_the_first_trials(victim, tmp_path) -> None:
