@@ -160,3 +160,15 @@ def test_each_trial_is_sampled_from_the_seed_and_its_number(tmp_path, sampler) -
     straight = run(tmp_path / "a.db", (4,))
     assert run(tmp_path / "b.db", (1, 3, 4)) == straight
     assert len({tuple(p.values()) for p in straight}) == 4
+
+
+def test_a_finished_trial_deleted_by_hand_is_named_on_resume(victim, finished, tmp_path) -> None:
+    out = _copy(finished, tmp_path)
+    shutil.rmtree(out / "trials" / "0000")
+    before = (out / "sweep.json").read_bytes()
+    args = ["sweep", str(victim), "--out", str(out), "--trials", "3", "--iterations", "20", "--batch", "2",
+            "--extend", "0", "--no-warm-start", "--device", "cpu", "--resume"]  # fmt: skip
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "trial 0 finished, but" in text and "deleted by hand?" in text, text
+    assert (out / "sweep.json").read_bytes() == before and "Traceback" not in result.output

@@ -235,7 +235,7 @@ def _open_sweep(
         check_resumable(saved.get("config", {}), record["config"], where=out, free=FREE_ON_RESUME)
     study = _load_study(opened.path / STUDY_FILE, config)
     for t in study.get_trials(deepcopy=False):
-        _trial_dir(opened.path, t)
+        _check_finished_trial(opened.path, t, _trial_dir(opened.path, t))
     atomic_write_json(opened.path / SWEEP_FILE, record)
     return opened.path, study
 
@@ -295,6 +295,17 @@ def _trial_dir(out: Path, trial: Any) -> Path:
             f"expected a path inside it such as {TRIALS_DIR}/{trial.number:04d}. Pass --force to start over."
         )
     return folder
+
+
+def _check_finished_trial(out: Path, trial: Any, folder: Path) -> None:
+    """Refuse to resume a sweep whose finished trial has lost its files (a directory deleted by hand)."""
+    import optuna
+
+    if trial.state == optuna.trial.TrialState.COMPLETE and not (folder / RECONSTRUCTION_FILE).is_file():
+        raise RunStateError(
+            f"Cannot resume {out}: trial {trial.number} finished, but {folder} no longer holds it (deleted by hand?). "
+            "Restore that folder, or pass --force to start the sweep over."
+        )
 
 
 def _remove_pool(out: Path) -> None:
