@@ -12,24 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from kktrecon.cli import app
-from kktrecon.data import SAMPLE_ROOT, DataConfig
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError
-from kktrecon.models import MLPConfig
 from kktrecon.sweeps import sweep
-from kktrecon.training import TrainConfig, train
 
 SMALL = dict(iterations=20, batch=2, extend=0, progress=False, device="cpu")
 COLD = {**SMALL, "warm_start": False}  # sampled trials only, no released winners first
-
-
-@pytest.fixture(scope="module")
-def victim(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("v") / "victim"
-    config = TrainConfig(
-        data=DataConfig(n_per_class=3, test_per_class=10), model=MLPConfig(hidden=(32, 32)), lr=0.05, steps=200
-    )
-    train(config, out=path, data_root=SAMPLE_ROOT, device="cpu", progress=False)
-    return path
 
 
 @pytest.fixture(scope="module")

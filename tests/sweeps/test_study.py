@@ -12,24 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from kktrecon.data import SAMPLE_ROOT, DataConfig
+from kktrecon.data import SAMPLE_ROOT
 from kktrecon.errors import RunDirectoryExistsError, RunStateError
 from kktrecon.evaluation import oracle_score
-from kktrecon.models import MLPConfig
 from kktrecon.sweeps import SweepConfig, sweep
-from kktrecon.training import TrainConfig, train
 
 SMALL = dict(iterations=20, batch=2, extend=0, progress=False, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def victim(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("v") / "victim"
-    config = TrainConfig(
-        data=DataConfig(n_per_class=3, test_per_class=10), model=MLPConfig(hidden=(32, 32)), lr=0.05, steps=200
-    )
-    train(config, out=path, data_root=SAMPLE_ROOT, device="cpu", progress=False)
-    return path
 
 
 def test_trials_are_reconstruction_directories_and_the_best_are_pooled(victim, tmp_path) -> None:
