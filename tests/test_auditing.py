@@ -190,3 +190,16 @@ def test_force_in_a_project_folder_removes_only_the_audits_own_files(user, tmp_p
     result = CliRunner().invoke(app, [*changed, "--resume"])
     assert result.exit_code == 1 and "differs in ['iterations']" in " ".join(result.output.split())
     assert (project / "audit.json").read_bytes() == before  # refused before anything was rewritten
+
+
+def test_a_budget_too_short_for_one_round_is_said_up_front(user, tmp_path, monkeypatch, capsys) -> None:
+    from kktrecon import auditing
+
+    monkeypatch.setattr(auditing, "_batch_iteration_seconds", lambda *a, **k: 10.0)  # a slow machine, or many images
+    root = user["root"]
+    inputs = {"weights": root / "model.pt", "arch": root / "arch.json", "train": root / "train"}
+    inputs["held_out"] = root / "held"
+    result = audit(**inputs, out=tmp_path / "out", budget_s=60, trials=2, iterations=20, device="cpu", progress=False)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the budget cannot hold one round of 8 trials on 10 images" in err and "about 6.7 min" in err
+    assert result.metrics["budget_short_by_s"] == pytest.approx(400 - 60, abs=5)

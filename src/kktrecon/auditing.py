@@ -167,11 +167,19 @@ def audit(
     n = len(y_train)
     attack = ReconstructionConfig(objective=inputs.objective, candidates=2 * n)
     remaining = config.budget_s - (time.perf_counter() - start)
-    iterations = config.iterations or _iterations(model, inputs, 2 * n, remaining, config.batch, dev)
+    per_iteration = _batch_iteration_seconds(model, inputs, 2 * n, config.batch, dev)
+    iterations = config.iterations or _iterations(per_iteration, remaining)
+    shortest = per_iteration * iterations * 2  # one round of trials, then the best one's extension (charged half)
     if progress:
         Console(stderr=True).print(
             f"audit: {n} training images, {2 * n} candidates per trial, {iterations} iterations per trial, "
             f"batches of {config.batch} until the budget ({remaining / 60:.1f} min left) is spent",
+            highlight=False,
+        )
+    if shortest > remaining:  # said up front: the sweep always finishes its first round
+        Console(stderr=True, markup=False).print(
+            f"warning: the budget cannot hold one round of {config.batch} trials on {n} images; the sweep alone "
+            f"will take about {shortest / 60:.1f} min. Raise --budget, or lower --batch or --iterations.",
             highlight=False,
         )
     # The best trial is extended to three times its length (the budget check charges it up front).
@@ -194,6 +202,7 @@ def audit(
     metrics.update(
         trials=sum(r["state"] == "COMPLETE" for r in swept.rows),
         iterations_per_trial=iterations,
+        budget_short_by_s=max(0.0, shortest - remaining),
         sweep_seconds=swept.seconds,
         diagnosis=diagnosis,
         findings=[str(f) for f in inputs.findings],
@@ -293,8 +302,13 @@ def _diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, objective: str
     return result
 
 
-def _iterations(model: nn.Module, inputs: _Inputs, m: int, budget_s: float, batch: int, device: torch.device) -> int:
-    """Iterations per trial so that at least two batches of trials fit the budget (at most 2,000)."""
+def _iterations(per_batch_iteration: float, budget_s: float) -> int:
+    """Iterations per trial so that at least two batches of trials fit the budget (at least 100, at most 2,000)."""
+    return int(max(100, min(2000, math.floor(0.45 * budget_s / max(per_batch_iteration, 1e-6)))))
+
+
+def _batch_iteration_seconds(model: nn.Module, inputs: _Inputs, m: int, batch: int, device: torch.device) -> float:
+    """Seconds of one iteration of a batch of trials on this victim and machine (a short, warmed-up probe)."""
     from kktrecon.attack.batched import reconstruct_batch
 
     probe = [
@@ -305,8 +319,7 @@ def _iterations(model: nn.Module, inputs: _Inputs, m: int, budget_s: float, batc
     reconstruct_batch(model, probe, input_shape=shape, device=device, progress=False)
     t0 = time.perf_counter()
     reconstruct_batch(model, probe, input_shape=shape, device=device, progress=False)
-    per_batch_iteration = (time.perf_counter() - t0) / 3
-    return int(max(100, min(2000, math.floor(0.45 * budget_s / max(per_batch_iteration, 1e-6)))))
+    return (time.perf_counter() - t0) / 3
 
 
 def _evaluate(
