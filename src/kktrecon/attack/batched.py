@@ -195,7 +195,7 @@ def reconstruct_batch(
     trials = [Trial.open(c, o, s, resume=resume, force=force) for c, o in zip(configs, outs, strict=True)]
     active = [t for t in trials if t.result is None]
     for group in _by_iteration(active):
-        label = f"{len(group)} trials"
+        label = f"{len(group)} trial{'s' if len(group) != 1 else ''}"
         optimise(group, _batched_loss(net, s.objective, group), configs[0].iterations, label=label, progress=progress)
     for t in trials:
         if t.result is None and t.error is None:
