@@ -59,8 +59,7 @@ def evaluate(
         data_root=data_root,
         device=device,
         out_dir=out_dir,
-        draw=save_figures,
-        figures=figures,
+        draw=save_figures if figures else None,
         force=force,
         **overrides,
     )

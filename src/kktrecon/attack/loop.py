@@ -101,7 +101,7 @@ def setup(
     warn_if_unsupported(model)
     with torch.no_grad():
         out = model(torch.zeros(1, *target.input_shape, device=device, dtype=dtype))
-    objective = target.objective(config.objective)
+    objective = target.objective(config.objective, num_outputs=int(out.shape[1]))
     objective.check_outputs(out)
     # recorded as attacked: the fingerprint of the weights in the attack's dtype
     info = {**target.describe(objective.name), "fingerprint": weights_fingerprint(model)}

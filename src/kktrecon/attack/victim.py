@@ -131,10 +131,13 @@ class Victim:
         with torch.no_grad():
             return int(self.model(torch.zeros(1, *self.input_shape, dtype=p.dtype, device=p.device)).shape[1])
 
-    def objective(self, name: str | None = None) -> Objective:
-        """The KKT conditions to invert: ``name``, else the recorded objective, else by the output count."""
+    def objective(self, name: str | None = None, *, num_outputs: int | None = None) -> Objective:
+        """The KKT conditions to invert: ``name``, else the recorded objective, else by the output count
+        (``num_outputs`` when the caller has run the model already)."""
         chosen = name or self.recorded_objective
-        return get_objective(chosen) if chosen else default_objective(self.num_outputs)
+        if chosen:
+            return get_objective(chosen)
+        return default_objective(num_outputs if num_outputs is not None else self.num_outputs)
 
     @property
     def downsample(self) -> int:

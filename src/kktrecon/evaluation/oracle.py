@@ -18,7 +18,7 @@ def oracle_score(data_root: str | Path | None = None) -> Callable[[Path], float]
     def score(rec_dir: Path) -> float:
         from kktrecon.evaluation.pipeline import evaluate
 
-        result = evaluate(rec_dir, data_root=data_root, device="cpu", figures=False, force=True)
+        result = evaluate(rec_dir, data_root=data_root, device="cpu", force=True)
         return float(result.metrics.get("n_recovered") or 0)
 
     return score

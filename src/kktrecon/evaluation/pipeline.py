@@ -473,7 +473,6 @@ def evaluate(
     device: str | torch.device = "cpu",
     out_dir: str | Path | None = None,
     draw: FigureWriter | None = None,
-    figures: bool = True,
     force: bool = False,
     **overrides: Any,
 ) -> EvaluationResult:
@@ -492,7 +491,6 @@ def evaluate(
         out_dir: where to write; defaults to the first reconstruction directory.
         draw: draws the figures, as in :func:`write_evaluation`; None: no figures
             (:func:`kktrecon.evaluate` passes reporting's).
-        figures: False skips ``draw``, for callers that want the metrics only.
         force: replace an earlier evaluation in the output directory (refused otherwise).
 
     Returns:
@@ -552,5 +550,5 @@ def evaluate(
             "versions": package_versions(),
         }
     )
-    write_evaluation(result, target, draw=draw if figures else None)
+    write_evaluation(result, target, draw=draw)
     return result
