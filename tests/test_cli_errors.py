@@ -276,3 +276,16 @@ def test_two_reconstructions_into_one_directory_at_once_are_refused(victim, tmp_
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_ctrl_c_says_how_to_resume_and_claims_no_checkpoint(tmp_path, monkeypatch) -> None:
+    import kktrecon.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kktrecon.training, "train", interrupted)
+    result = runner.invoke(app, _train_args(tmp_path / "v"))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert "--resume" in text and "one that keeps none starts over" in text and "Checkpoints are kept" not in text

@@ -93,7 +93,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_a_trial(victim, tmp_
     straight = sweep(victim, tmp_path / "straight", trials=6, batch=2, iterations=400, extend=100, checkpoint_every=20,
                      progress=False, device="cpu").rows  # fmt: skip
     assert [(r["number"], r["params"]) for r in result.rows] == [(r["number"], r["params"]) for r in straight]
-    assert [r["value"] for r in result.rows] == pytest.approx([r["value"] for r in straight], rel=1e-6)
+    assert [r["value"] for r in result.rows] == [r["value"] for r in straight]  # bit-identical, batched or not
 
 
 def test_the_released_winners_are_the_first_trials(victim, tmp_path) -> None:
