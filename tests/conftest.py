@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from kktrecon.data import SAMPLE_ROOT
+from kktrecon.devices import THREADS_ENV
+
+# Long loops would otherwise time both thread counts and take the faster (kktrecon.devices.pick_threads):
+# the tests pin torch's default so that their results and call counts never depend on the machine's load.
+os.environ.setdefault(THREADS_ENV, str(torch.get_num_threads()))
 
 #: In CI the repository is cloned next to ``shared/``: <clone>/../shared/data.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -18,8 +18,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from kktrecon.attack import ATTACKS, GRAM_RULES, OBJECTIVES, ReconstructionConfig, Victim, attack_loss, run_attack
-from kktrecon.attack.batched import GramNet, gram_attack_loss
 from kktrecon.attack.families import AttackFamily, register_attack
+from kktrecon.attack.gram_loss import GramNet, gram_attack_loss
 from kktrecon.attack.kkt import per_sample_gram
 from kktrecon.candidates import CandidateSet
 from kktrecon.data import DATASETS
@@ -58,6 +58,28 @@ def check_objective(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_every_objective_vanishes_at_a_constructed_kkt_point(name: str) -> None:
     check_objective(name)
+
+
+def check_output_gradient(name: str) -> None:
+    """output_gradient = ∂(kkt_sum)/∂out, and its λ-derivative equals the double-backward one."""
+    objective = OBJECTIVES[name]
+    g = torch.Generator().manual_seed(1)
+    k, m = objective.num_outputs(3), 6
+    out = torch.randn(m, k, generator=g, dtype=torch.float64, requires_grad=True)
+    y = objective.candidate_labels(m, k).double()
+    lam = (objective.init_lambda(m, k, g) + 0.1).requires_grad_(True)
+    (expected,) = torch.autograd.grad(objective.kkt_sum(out, lam, y), out, create_graph=True)
+    got = objective.output_gradient(out, lam, y)
+    torch.testing.assert_close(got, expected)
+    probe = torch.randn(m, k, generator=g, dtype=torch.float64)
+    (d_expected,) = torch.autograd.grad((expected * probe).sum(), lam)
+    (d_got,) = torch.autograd.grad((got * probe).sum(), lam)
+    torch.testing.assert_close(d_got, d_expected)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objectives_output_gradient_equals_autograds(name: str) -> None:
+    check_output_gradient(name)
 
 
 # --- Gram rules: each layer type's rule equals autograd's per-sample gradients ----------------------

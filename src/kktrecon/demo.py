@@ -9,6 +9,7 @@ interrupted demo resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,13 @@ import torch
 from rich.console import Console
 from rich.text import Text
 
-from kktrecon.attack import ReconstructionConfig, attack_loss, initial_state, reconstruct
+from kktrecon.attack import ReconstructionConfig, reconstruct
 from kktrecon.configs import config_from_dict, config_to_dict
 from kktrecon.data import SAMPLE_ROOT, DataConfig
-from kktrecon.devices import resolve_dtype
+from kktrecon.devices import cpu_threads, pick_threads, resolve_dtype
 from kktrecon.errors import RunStateError
 from kktrecon.files import REPORT_FILE, atomic_write_json, read_json
-from kktrecon.models import MLPConfig, build_model, with_modified_relu
+from kktrecon.models import MLPConfig, build_model
 from kktrecon.pipelines import evaluate
 from kktrecon.reporting import headline, report
 from kktrecon.runs import RunKind, open_run
@@ -106,39 +107,60 @@ class DemoResult:
         return f"{head}\n{detail}"
 
 
-def estimate_seconds(config: DemoConfig, *, probe_steps: int = 3) -> float:
-    """Wall-time estimate of the whole demo from a few timed steps of each stage on this machine."""
+#: Seconds the demo's last stage (verdict, figures, report) takes on the 2-core CPU (benchmarks/demo_phases.py).
+EVALUATE_S = 12.0
+
+
+def estimate_seconds(config: DemoConfig, *, probe_steps: int = 3) -> dict[str, float]:
+    """Wall-time estimate of each stage on this machine, now: a few timed steps of each, as they will run.
+
+    The training step is timed with the thread count the faster here, and the attack as the engine
+    will run it (its form of the loss, its thread choice), from the difference of a short and a
+    longer run so that setting up cancels out. The last stage is a measured constant.
+    """
     dtype = resolve_dtype(config.victim.dtype)
+    cpu = torch.device("cpu")
     shape = (2,) if config.toy else (1, 28, 28)
     n = 2 * config.victim.data.n_per_class
     model_cfg = MLPConfig(input_shape=shape, hidden=config.victim.model.hidden, bias=config.victim.model.bias)
     model = build_model(model_cfg, dtype=dtype)
     x = torch.randn(n, *shape, dtype=dtype)
     y = torch.randint(0, 2, (n,)).to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)
 
     def train_step() -> None:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y)
-        loss.backward()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y).backward()
+        opt.step()
 
-    attack = with_modified_relu(model, config.attack.alpha)
-    m = config.attack.candidates or 2 * n
-    cx, lam, cy, _ = initial_state(shape, config.attack, m, device=torch.device("cpu"), dtype=dtype)
-    cx.requires_grad_(True)
-    lam.requires_grad_(True)
+    threads = pick_threads(train_step, cpu)
+    with cpu_threads(threads):
+        step_s = _least_disturbed(train_step, probe_steps)
 
-    def attack_step() -> None:
-        torch.autograd.grad(attack_loss(attack, cx, lam, cy, config.attack)["total"], [cx, lam])
+    def attack_seconds(iterations: int) -> float:
+        short = dataclasses.replace(config.attack, iterations=iterations, checkpoint_every=0)
+        start = time.perf_counter()
+        reconstruct(model, short, n_train=n, input_shape=shape, device=cpu, progress=False)
+        return time.perf_counter() - start
 
-    def timed(fn: Any) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(probe_steps):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)  # the least disturbed step: other load on the machine comes and goes
+    attack_seconds(2)  # warm-up
+    per_iteration = max(attack_seconds(4 + 8 * probe_steps) - attack_seconds(4), 0.0) / (8 * probe_steps)
+    return {
+        "train": config.victim.steps * step_s,
+        "reconstruct": config.attack.iterations * per_iteration,
+        "evaluate_and_report": 0.0 if config.toy else EVALUATE_S,
+    }
 
-    return config.victim.steps * timed(train_step) + config.attack.iterations * timed(attack_step)
+
+def _least_disturbed(fn: Any, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls after a warm-up: other load on the machine comes and goes."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def probe_trial_iteration_ms(m: int = 40, k: int = 4, iterations: int = 3) -> float:
@@ -204,8 +226,10 @@ def demo(
 
     what = "2-D toy" if config.toy else "MNIST odd/even, 20 digits"
     console.print(Text.assemble(("kktrecon demo", "bold"), f" ({what}) → {out}"))  # the path verbatim, never markup
-    console.print(f"estimated time on this machine: ~{estimate_seconds(config) / 60:.1f} min", highlight=False)
+    estimate = sum(estimate_seconds(config).values())
+    console.print(f"estimated time on this machine: ~{estimate / 60:.1f} min", highlight=False)
     seconds: dict[str, float] = {}
+    began = time.perf_counter()
     data_root = None if config.toy else SAMPLE_ROOT
 
     start = time.perf_counter()
@@ -229,7 +253,11 @@ def demo(
     result = evaluate(out / "reconstruction", data_root=data_root, force=True)
     html = report(out / "reconstruction", force=True)
     seconds["evaluate_and_report"] = time.perf_counter() - start
+    seconds["total"] = time.perf_counter() - began
+    console.print(f"done in {seconds['total'] / 60:.1f} min (estimated {estimate / 60:.1f})", highlight=False)
     summary = DemoResult(out=out, report=html, metrics=result.metrics, seconds=seconds)
     record = read_json(out / DEMO_FILE)
-    atomic_write_json(out / DEMO_FILE, {**record, "headline": summary.headline, "seconds": seconds})
+    atomic_write_json(
+        out / DEMO_FILE, {**record, "headline": summary.headline, "seconds": seconds, "estimate_s": estimate}
+    )
     return summary

@@ -1,15 +1,27 @@
 """Device and dtype names: ``auto``/``cpu``/``cuda[:N]``/``mps`` and ``float32``/``float64``.
 
 Every stage takes its device and dtype explicitly, by these names; nothing sets a global default.
+CPU threads are the one process-wide setting torch has: long CPU loops pick theirs with
+:func:`pick_threads` and set it only for their own duration (:func:`cpu_threads`).
 """
 
 from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
 from kktrecon.errors import ConfigError
 
-__all__ = ["DTYPES", "dtype_name", "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPES", "THREADS_ENV", "cpu_threads", "dtype_name", "pick_threads", "resolve_device", "resolve_dtype"]
+
+#: Pins the CPU threads of kktrecon's long loops (an integer); unset or ``auto``: measured per run.
+THREADS_ENV = "KKTRECON_THREADS"
+#: How much faster (relative) fewer threads must be to be chosen over torch's default.
+_CLEAR_WIN = 0.2
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -52,3 +64,55 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if not available[device.type]:
         raise ConfigError(f"Expected `device` to be available. Got {name!r}, which this machine does not have.")
     return device
+
+
+def _pinned_threads() -> int | None:
+    value = os.environ.get(THREADS_ENV, "auto").strip()
+    if value in ("", "auto"):
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"Expected {THREADS_ENV} to be a positive integer or auto. Got {value!r}.")
+    return int(value)
+
+
+def pick_threads(step: Callable[[], object], device: torch.device, *, repeats: int = 3) -> int | None:
+    """The CPU thread count a loop of ``step`` runs fastest with here, now; None off the CPU.
+
+    torch's default (one thread per core) is fastest on an idle machine, but beside another
+    CPU-bound process its threads wait on each other at every parallel region: on a 2-core machine
+    an attack iteration took 37 ms with two threads and 9 ms with one (6 ms alone with two;
+    benchmarks/demo_phases.py). So time ``step`` (the least disturbed of ``repeats`` runs, after a
+    warm-up) with the default and with one thread, and take one only if it is clearly faster.
+    ``KKTRECON_THREADS`` pins the count instead (results are bit-reproducible for a fixed count).
+    """
+    if device.type != "cpu":
+        return None
+    pinned = _pinned_threads()
+    default = torch.get_num_threads()
+    if pinned is not None or default == 1:
+        return pinned or default
+    times = {}
+    for n in (default, 1):
+        with cpu_threads(n):
+            step()
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                step()
+                runs.append(time.perf_counter() - start)
+        times[n] = min(runs)
+    return 1 if times[1] < (1 - _CLEAR_WIN) * times[default] else default
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``n`` inside the block and restored after (None: untouched)."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

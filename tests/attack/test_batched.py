@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from torch import nn
 
-from kktrecon.attack import ReconstructionConfig, attack_loss, get_objective, initial_state, reconstruct
-from kktrecon.attack import batched as batched_module
-from kktrecon.attack.batched import GramNet, gram_attack_loss, reconstruct_batch
+from kktrecon.attack import ReconstructionConfig, attack_loss, get_objective, initial_state, loop, reconstruct
+from kktrecon.attack import engine as engine_module
+from kktrecon.attack.batched import reconstruct_batch
+from kktrecon.attack.gram_loss import GramNet, gram_attack_loss
+from kktrecon.errors import ConfigError, UnsupportedModelError
 from kktrecon.models import ModelConfig, build_model, save_checkpoint, with_modified_relu
 
 
@@ -70,22 +74,37 @@ TRIALS = [ReconstructionConfig(seed=0, lr=0.01, init_scale=0.1, **SHARED),
           ReconstructionConfig(seed=1, lr=0.003, init_scale=0.3, alpha=20.0, lambda_min=0.2, **SHARED)]  # fmt: skip
 
 
-def test_a_batch_equals_its_trials_run_alone(victim_dir, tmp_path) -> None:
+def test_a_batch_equals_its_trials_run_alone_by_autograd(victim_dir, tmp_path) -> None:
     outs = [tmp_path / "b0", tmp_path / "b1"]
     batch = reconstruct_batch(victim_dir, TRIALS, outs=outs, device="cpu", progress=False)
     assert batch.errors == [None, None]
     for k, config in enumerate(TRIALS):
-        alone = reconstruct(victim_dir, config, out=tmp_path / f"s{k}", device="cpu", progress=False)
+        alone = reconstruct(victim_dir, config, out=tmp_path / f"s{k}", device="cpu", progress=False, engine="autograd")
         torch.testing.assert_close(batch.results[k].x, alone.x, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(batch.results[k].lam, alone.lam, rtol=1e-9, atol=1e-12)
         manifest = json.loads((outs[k] / "reconstruction.json").read_text())
         assert manifest["config"]["lr"] == config.lr and manifest["iterations"] == 24  # an ordinary run directory
         assert len(manifest["loss_history"]) == 6
+        assert manifest["engine"] == "gram"
+        assert json.loads((tmp_path / f"s{k}" / "reconstruction.json").read_text())["engine"] == "autograd"
+
+
+def test_a_single_run_takes_the_gram_form_where_it_applies(victim_dir, tmp_path) -> None:
+    config = TRIALS[1]
+    auto = reconstruct(victim_dir, config, out=tmp_path / "auto", device="cpu", progress=False)
+    batch = reconstruct_batch(victim_dir, [config], device="cpu", progress=False).results[0]
+    assert torch.equal(auto.x, batch.x) and torch.equal(auto.lam, batch.lam)  # the same program, bit for bit
+    assert json.loads((tmp_path / "auto" / "reconstruction.json").read_text())["engine"] == "gram"
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1, bias=False)).double()
+    with pytest.raises(UnsupportedModelError, match="engine 'gram'"):
+        reconstruct(cnn, config, input_shape=(1, 4, 4), candidates=4, device="cpu", progress=False, engine="gram")
+    with pytest.raises(ConfigError, match="`engine`"):
+        reconstruct(victim_dir, config, device="cpu", progress=False, engine="jax")
 
 
 def test_an_interrupted_batch_resumes_bit_identically(victim_dir, tmp_path, interrupt_at) -> None:
     full = reconstruct_batch(victim_dir, TRIALS, outs=[tmp_path / "f0", tmp_path / "f1"], device="cpu", progress=False)
-    restore = interrupt_at(batched_module, "gram_attack_loss", 13)
+    restore = interrupt_at(loop, "_step", 13)
     outs = [tmp_path / "c0", tmp_path / "c1"]
     with pytest.raises(KeyboardInterrupt):
         reconstruct_batch(victim_dir, TRIALS, outs=outs, device="cpu", progress=False)
@@ -107,3 +126,13 @@ def test_a_diverging_trial_stops_alone(victim_dir, tmp_path) -> None:
 def test_trials_of_a_batch_must_share_their_shape(victim_dir) -> None:
     with pytest.raises(ValueError, match="share `iterations`"):
         reconstruct_batch(victim_dir, [TRIALS[0], ReconstructionConfig(iterations=5)], device="cpu", progress=False)
+
+
+def test_the_compiled_engine_equals_the_gram_form(victim_dir, monkeypatch) -> None:
+    # aot_eager captures and replays the graph as inductor would, without a C++ build (seconds, not minutes)
+    monkeypatch.setitem(engine_module.COMPILE_OPTIONS, "cpu", {"backend": "aot_eager"})
+    config = dataclasses.replace(TRIALS[0], iterations=6, checkpoint_every=0, log_every=2)
+    compiled = reconstruct(victim_dir, config, device="cpu", progress=False, engine="compiled")
+    eager = reconstruct(victim_dir, config, device="cpu", progress=False, engine="gram")
+    torch.testing.assert_close(compiled.x, eager.x, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(compiled.lam, eager.lam, rtol=1e-9, atol=1e-12)

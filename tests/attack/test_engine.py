@@ -10,6 +10,7 @@ import torch
 from kktrecon.attack import ReconstructionConfig, ReconstructionDivergedError, attack_loss, loop, reconstruct
 from kktrecon.attack import engine as rec
 from kktrecon.candidates import CandidateSet
+from kktrecon.devices import THREADS_ENV
 from kktrecon.errors import RunStateError
 from kktrecon.files import load_state
 from kktrecon.models import ModelConfig, build_model, save_checkpoint
@@ -90,17 +91,19 @@ def test_outputs_and_default_candidate_count(victim_dir, tmp_path) -> None:
         reconstruct(victim_dir, out=tmp_path / "rec", **SMALL)
 
 
-def test_interrupted_then_resumed_run_is_bit_identical(victim_dir, tmp_path, interrupt_at) -> None:
-    full = reconstruct(victim_dir, out=tmp_path / "full", **SMALL)
-    restore = interrupt_at(rec, "attack_loss", 13)
+@pytest.mark.parametrize("engine", ["gram", "autograd"])
+def test_interrupted_then_resumed_run_is_bit_identical(victim_dir, tmp_path, interrupt_at, engine) -> None:
+    small = {**SMALL, "engine": engine}
+    full = reconstruct(victim_dir, out=tmp_path / "full", **small)
+    restore = interrupt_at(loop, "_step", 13)
     with pytest.raises(KeyboardInterrupt):
-        reconstruct(victim_dir, out=tmp_path / "cut", **SMALL)
+        reconstruct(victim_dir, out=tmp_path / "cut", **small)
     restore()
     assert (tmp_path / "cut" / "checkpoint.safetensors").exists()
     assert not (tmp_path / "cut" / "reconstruction.json").exists()
     with pytest.raises(FileExistsError, match="--resume"):
-        reconstruct(victim_dir, out=tmp_path / "cut", **SMALL)
-    resumed = reconstruct(victim_dir, out=tmp_path / "cut", resume=True, **SMALL)
+        reconstruct(victim_dir, out=tmp_path / "cut", **small)
+    resumed = reconstruct(victim_dir, out=tmp_path / "cut", resume=True, **small)
     assert torch.equal(resumed.x, full.x)
     assert torch.equal(resumed.lam, full.lam)
     assert resumed.history == [
@@ -129,7 +132,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(victim_dir, tmp_pa
 
     monkeypatch.setattr(rec, "attack_loss", poisoned)
     with pytest.raises(ReconstructionDivergedError, match="at iteration 7; last good checkpoint: iteration 5"):
-        reconstruct(victim_dir, out=tmp_path / "nan", **SMALL)
+        reconstruct(victim_dir, out=tmp_path / "nan", engine="autograd", **SMALL)
     tensors, meta = load_state(tmp_path / "nan" / "checkpoint.safetensors")
     assert meta["iteration"] == 5 and torch.isfinite(tensors["x"]).all()
 
@@ -174,7 +177,7 @@ def test_a_finished_attack_extends_bit_identically_and_never_shrinks(victim_dir,
 def test_resume_refuses_a_checkpoint_of_another_victim(victim_dir, tmp_path, interrupt_at) -> None:
     other = build_model(ModelConfig(input_shape=(1, 4, 4), hidden=(16, 16), init_scale=0.1), seed=3)
     save_checkpoint(tmp_path / "other", other, {"metrics": {"n_train": 3}})
-    restore = interrupt_at(rec, "attack_loss", 8)
+    restore = interrupt_at(loop, "_step", 8)
     with pytest.raises(KeyboardInterrupt):
         reconstruct(victim_dir, out=tmp_path / "r", **SMALL)
     restore()
@@ -186,7 +189,7 @@ def test_resume_refuses_a_checkpoint_of_another_victim(victim_dir, tmp_path, int
 
 
 def test_resume_refuses_a_checkpoint_past_the_requested_length(victim_dir, tmp_path, interrupt_at) -> None:
-    restore = interrupt_at(rec, "attack_loss", 18)
+    restore = interrupt_at(loop, "_step", 18)
     with pytest.raises(KeyboardInterrupt):
         reconstruct(victim_dir, out=tmp_path / "r", **SMALL)  # checkpoint at 15
     restore()
@@ -197,7 +200,7 @@ def test_resume_refuses_a_checkpoint_past_the_requested_length(victim_dir, tmp_p
 
 def test_force_deletes_the_old_attack_before_starting(victim_dir, tmp_path, interrupt_at) -> None:
     reconstruct(victim_dir, out=tmp_path / "r", **{**SMALL, "seed": 5})
-    restore = interrupt_at(rec, "attack_loss", 8)
+    restore = interrupt_at(loop, "_step", 8)
     with pytest.raises(KeyboardInterrupt):
         reconstruct(victim_dir, out=tmp_path / "r", force=True, **{**SMALL, "seed": 77})
     restore()
@@ -237,3 +240,15 @@ def test_a_plain_sequential_cnn_built_in_python_is_attacked_through_the_api(tmp_
     )  # the user's model is untouched
     manifest = json.loads((tmp_path / "rec" / "reconstruction.json").read_text())
     assert manifest["objective"] == "binary" and manifest["victim"]["input_shape"] == [1, 28, 28]
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(victim_dir, tmp_path, interrupt_at, monkeypatch) -> None:
+    monkeypatch.setenv(THREADS_ENV, "1")
+    restore = interrupt_at(loop, "_step", 7)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(victim_dir, out=tmp_path / "r", **SMALL)
+    restore()
+    assert load_state(tmp_path / "r" / "checkpoint.safetensors")[1]["threads"] == 1
+    monkeypatch.delenv(THREADS_ENV)  # now it would probe; the recorded count wins (the bits depend on it)
+    reconstruct(victim_dir, out=tmp_path / "r", resume=True, **SMALL)
+    assert json.loads((tmp_path / "r" / "reconstruction.json").read_text())["threads"] == 1

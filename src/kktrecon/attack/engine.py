@@ -18,6 +18,8 @@ momentum, the RNG state, the loss history); a resumed run ends bit-identical to 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,23 @@ import torch
 from torch import nn
 
 from kktrecon.attack.config import ReconstructionConfig, ReconstructionResult
+from kktrecon.attack.gram_loss import GramNet, gram_loss
 from kktrecon.attack.loop import ATTACK_RUN, LossFn, Setup, Trial, initial_state, optimise, setup
 from kktrecon.attack.objectives import Objective, get_objective
 from kktrecon.attack.terms import TERMS, SingleInputs, weighted_total
 from kktrecon.attack.victim import VictimLike
 from kktrecon.devices import resolve_device, resolve_dtype
-from kktrecon.errors import ReconstructionDivergedError
+from kktrecon.errors import ConfigError, ReconstructionDivergedError, UnsupportedModelError
 
-__all__ = ["ATTACK_RUN", "ReconstructionConfig", "ReconstructionResult", "attack_loss", "initial_state", "reconstruct"]
+__all__ = [
+    "ATTACK_RUN",
+    "ENGINES",
+    "ReconstructionConfig",
+    "ReconstructionResult",
+    "attack_loss",
+    "initial_state",
+    "reconstruct",
+]
 
 
 def attack_loss(
@@ -59,6 +70,7 @@ def reconstruct(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    engine: str = "auto",
     **overrides: Any,
 ) -> ReconstructionResult:
     """Run the KKT attack on a victim's weights.
@@ -75,6 +87,10 @@ def reconstruct(
             finished run, return it when ``iterations`` is unchanged and extend it when larger.
         force: delete an existing reconstruction in ``out`` and start over.
         progress: show a progress bar with the loss terms.
+        engine: how the loss is computed, one of :data:`ENGINES`: ``gram`` (exact, for victims whose
+            layers all have Gram rules; ≈ 2× faster on a CPU), ``autograd`` (any homogeneous network),
+            ``compiled`` (the Gram form through ``torch.compile``), or ``auto``: gram where it applies,
+            else autograd. All give the same loss up to rounding.
 
     Raises:
         ReconstructionDivergedError: the loss became NaN/Inf (the last checkpoint is kept).
@@ -82,13 +98,16 @@ def reconstruct(
         UnsupportedModelError: the model has layers the attack does not support.
     """
     config = dataclasses.replace(config or ReconstructionConfig(), **overrides)
+    if engine != "auto" and engine not in ENGINES:
+        raise ConfigError(f"Expected `engine` to be auto or one of {sorted(ENGINES)}. Got {engine!r}.")
     dev = resolve_device(device)
     dtype = resolve_dtype(config.dtype)
     s = setup(victim, config, n_train=n_train, input_shape=input_shape, device=dev, dtype=dtype)
     trial = Trial.open(config, out, s, resume=resume, force=force)
     if trial.result is not None:
         return trial.result
-    optimise([trial], _single_loss(s), config.iterations, label="reconstruct", progress=progress)
+    trial.engine, loss = _engine(engine, s, trial)
+    optimise([trial], loss, config.iterations, label="reconstruct", progress=progress)
     if trial.diverged is not None:
         value, iteration = trial.diverged
         where = (
@@ -104,7 +123,7 @@ def reconstruct(
     return trial.result
 
 
-def _single_loss(s: Setup) -> LossFn:
+def _autograd(s: Setup, trial: Trial) -> LossFn:
     """The autograd form of the loss for one trial, its terms shaped (1,) for the shared loop."""
 
     def loss(trials: list[Trial]) -> dict[str, torch.Tensor]:
@@ -113,3 +132,47 @@ def _single_loss(s: Setup) -> LossFn:
         return {k: v.reshape(1) for k, v in terms.items()}
 
     return loss
+
+
+def _gram(s: Setup, trial: Trial) -> LossFn | None:
+    """The Gram form (:mod:`kktrecon.attack.gram_loss`), or None for a victim with a layer it has no rule for."""
+    net = GramNet.of(s.attack_model)
+    return gram_loss(net, s.objective, [trial]) if net is not None else None
+
+
+#: ``torch.compile`` options of the ``compiled`` engine, per device type (CUDA graphs on a GPU).
+COMPILE_OPTIONS: dict[str, dict[str, Any]] = {"cuda": {"mode": "reduce-overhead"}, "cpu": {}}
+
+
+def _compiled(s: Setup, trial: Trial) -> LossFn | None:
+    """The Gram form through ``torch.compile``: for GPUs, where an iteration is bound by kernel launches."""
+    net = GramNet.of(s.attack_model)
+    options = COMPILE_OPTIONS.get(s.device.type, {})
+    return gram_loss(net, s.objective, [trial], compile_options=options) if net is not None else None
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A form of the loss for one trial: ``make`` gives its loss function, or None where it cannot run."""
+
+    make: Callable[[Setup, Trial], LossFn | None]
+    auto: bool  # whether ``engine="auto"`` may pick it (in the table's order)
+    description: str
+
+
+#: The engines of :func:`reconstruct`. ``auto`` takes the first automatic one that applies.
+ENGINES: dict[str, Engine] = {
+    "gram": Engine(_gram, True, "exact Gram form, Linear/ReLU victims; ≈ 2× faster than autograd on a CPU"),
+    "autograd": Engine(_autograd, True, "double backward through the victim; any homogeneous network"),
+    "compiled": Engine(_compiled, False, "the Gram form through torch.compile (CUDA graphs on a GPU); compiles first"),
+}
+
+
+def _engine(name: str, s: Setup, trial: Trial) -> tuple[str, LossFn]:
+    for candidate, engine in ENGINES.items():
+        if (name == candidate or (name == "auto" and engine.auto)) and (loss := engine.make(s, trial)) is not None:
+            return candidate, loss
+    raise UnsupportedModelError(
+        f"Expected a victim whose layers all have Gram rules for engine {name!r}; this one has others. "
+        "Use engine='auto' or 'autograd'."
+    )

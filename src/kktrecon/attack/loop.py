@@ -26,7 +26,7 @@ from kktrecon.attack.victim import Victim, VictimLike
 from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int
 from kktrecon.configs import config_to_dict
-from kktrecon.devices import dtype_name
+from kktrecon.devices import cpu_threads, dtype_name, pick_threads
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError
 from kktrecon.files import (
     ATTACK_STATE_FILE,
@@ -145,6 +145,7 @@ class TrialState:
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     elapsed: float = 0.0
+    threads: int | None = None  # CPU threads it runs with: chosen once, kept on resume (bits depend on it)
 
     @classmethod
     def start(cls, config: ReconstructionConfig, s: Setup) -> TrialState:
@@ -167,9 +168,8 @@ class TrialState:
             buf = opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 tensors[key] = buf
-        save_state(
-            path, tensors, {"iteration": self.iteration, "history": self.history, "seconds": self.elapsed, **meta}
-        )
+        state = {"iteration": self.iteration, "history": self.history, "seconds": self.elapsed, "threads": self.threads}
+        save_state(path, tensors, {**state, **meta})
 
     def restore(self, path: Path, meta: dict[str, Any], config: ReconstructionConfig) -> None:
         """Load ``path`` after checking it was made with ``config`` on the same victim (``meta``)."""
@@ -196,6 +196,7 @@ class TrialState:
                 opt.state[p]["momentum_buffer"] = tensors[key].to(device=p.device, dtype=p.dtype)
         self.gen.set_state(tensors["rng"])
         self.iteration, self.history, self.elapsed = saved["iteration"], saved["history"], saved["seconds"]
+        self.threads = saved.get("threads")
 
 
 @dataclass
@@ -212,6 +213,7 @@ class Trial:
     diverged: tuple[float, int] | None = None  # the non-finite loss and its iteration
     last_good: int | None = None  # the iteration of the last checkpoint written or found
     run: Run | None = None  # its directory, locked while the trial lives
+    engine: str = "autograd"  # the form of the loss it ran with (kktrecon.attack.engine.ENGINES)
 
     @classmethod
     def open(
@@ -247,7 +249,7 @@ class Trial:
             st.x.detach(), st.lam.detach(), st.y, st.history, self.out, st.elapsed, candidates
         )
         if self.out is not None:
-            _write_result(self.out, self.result, self.config, s)
+            _write_result(self.out, self.result, self.config, s, engine=self.engine, threads=st.threads)
 
 
 def _finished_as_asked(run: Run, config: ReconstructionConfig, meta: dict[str, Any]) -> bool:
@@ -268,11 +270,12 @@ def optimise(trials: list[Trial], loss: LossFn, iterations: int, *, label: str, 
     Each trial checkpoints every ``checkpoint_every`` iterations of its config; a trial whose loss
     becomes NaN/Inf stops (``diverged``, ``error``; its last checkpoint is kept) and the others carry on.
     """
-    start = time.perf_counter() - max(t.state.elapsed for t in trials)
     live = list(trials)
+    threads = _threads(live, loss)
+    start = time.perf_counter() - max(t.state.elapsed for t in trials)
     first = trials[0].state.iteration
     postfix = len(trials) == 1
-    with progress_bar(label, total=iterations, enabled=progress, completed=first) as bar:
+    with cpu_threads(threads), progress_bar(label, total=iterations, enabled=progress, completed=first) as bar:
         for iteration in range(first, iterations):
             live = _step(live, loss, iteration, start, bar if postfix else None)
             if not live:
@@ -285,6 +288,20 @@ def optimise(trials: list[Trial], loss: LossFn, iterations: int, *, label: str, 
                     t.save()
     for t in live:
         t.state.elapsed = time.perf_counter() - start
+
+
+def _threads(trials: list[Trial], loss: LossFn) -> int | None:
+    """The CPU threads of a run: those it started with when resumed, else the faster here (devices.pick_threads)."""
+    recorded = {t.state.threads for t in trials} - {None}
+    if len(recorded) == 1:
+        threads = recorded.pop()
+    else:
+        states = [t.state for t in trials]
+        params = [s.x for s in states] + [s.lam for s in states]
+        threads = pick_threads(lambda: torch.autograd.grad(loss(trials)["total"].sum(), params), params[0].device)
+    for t in trials:
+        t.state.threads = threads
+    return threads
 
 
 def _step(live: list[Trial], loss: LossFn, iteration: int, start: float, bar: Any) -> list[Trial]:
@@ -316,7 +333,10 @@ def _step(live: list[Trial], loss: LossFn, iteration: int, start: float, bar: An
     return [t for t, good in zip(live, ok, strict=True) if good]
 
 
-def _write_result(out_dir: Path, result: ReconstructionResult, config: ReconstructionConfig, s: Setup) -> None:
+def _write_result(
+    out_dir: Path, result: ReconstructionResult, config: ReconstructionConfig, s: Setup, *, engine: str,
+    threads: int | None,
+) -> None:  # fmt: skip
     assert result.candidates is not None
     result.candidates.save(out_dir)
     last = result.history[-1] if result.history else {}
@@ -332,6 +352,8 @@ def _write_result(out_dir: Path, result: ReconstructionResult, config: Reconstru
             "iterations": config.iterations,
             "device": str(s.device),
             "dtype": dtype_name(result.x.dtype),
+            "engine": engine,
+            "threads": threads,
             "versions": package_versions(),
             "timings": {
                 "total_s": result.seconds,

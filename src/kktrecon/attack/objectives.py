@@ -96,6 +96,24 @@ class Objective(ABC):
     def kkt_sum(self, out: Tensor, lam: Tensor, labels: Tensor) -> Tensor:
         """(1/m) Σⱼ λⱼ gⱼ(Φ(xⱼ)): its θ-gradient is the combination the stationarity condition equates with θ."""
 
+    def output_gradient(self, out: Tensor, lam: Tensor, labels: Tensor) -> Tensor:
+        """∂(kkt_sum)/∂out (B, K), differentiable in λ but not through ``out``: no double backward.
+
+        Every kkt_sum is linear in λ and each candidate's term depends on its own outputs only,
+        piecewise linearly, so the gradient is λ times a gradient taken once per multiplier column with
+        λ = 1: a constant of the outputs almost everywhere. The Gram form back-propagates it by hand;
+        a graph free of ``create_graph`` is one ``torch.compile`` can capture.
+        """
+        probe = out.detach().requires_grad_(True)
+        columns = [None] if lam.dim() == 1 else range(lam.shape[1])
+        total = torch.zeros_like(out)
+        with torch.enable_grad():
+            for c in columns:
+                ones = torch.ones_like(lam) if c is None else torch.zeros_like(lam).index_fill_(1, torch.tensor([c]), 1)
+                (unit,) = torch.autograd.grad(self.kkt_sum(probe, ones.detach(), labels), probe)
+                total = total + unit * (lam if c is None else lam[:, c])[:, None]
+        return total
+
     def lambda_penalty(self, lam: Tensor, lambda_min: float, labels: Tensor) -> Tensor:
         """Σ relu(λ_min − λ)²: keeps multipliers away from zero (a sample off the margin has λ = 0)."""
         return (lambda_min - lam).relu().pow(2).sum()

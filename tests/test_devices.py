@@ -1,0 +1,55 @@
+"""Device, dtype and CPU-thread choices."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from kktrecon.devices import THREADS_ENV, cpu_threads, pick_threads, resolve_device, resolve_dtype
+from kktrecon.errors import ConfigError
+
+CPU = torch.device("cpu")
+
+
+def test_names_resolve_and_unknown_ones_list_the_choices() -> None:
+    assert resolve_dtype("float64") is torch.float64 and resolve_device("cpu") == CPU
+    with pytest.raises(ConfigError, match="float32"):
+        resolve_dtype("float16")
+    with pytest.raises(ConfigError, match="auto, cpu"):
+        resolve_device("tpu")
+
+
+def _step_slower_with(threads_penalised: int, seconds: float = 0.004):
+    """A step that takes ``seconds`` longer whenever torch runs with ``threads_penalised`` threads."""
+    return lambda: time.sleep(seconds if torch.get_num_threads() == threads_penalised else 0.0)
+
+
+def test_one_thread_is_taken_only_where_it_is_clearly_faster(monkeypatch) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    default = torch.get_num_threads()
+    if default == 1:
+        pytest.skip("one CPU thread: nothing to choose")
+    assert pick_threads(_step_slower_with(default), CPU) == 1  # the shared-machine case
+    assert pick_threads(_step_slower_with(1), CPU) == default
+    assert pick_threads(lambda: None, CPU) == default  # a tie keeps torch's default
+    assert torch.get_num_threads() == default  # probing leaves the process as it found it
+    assert pick_threads(lambda: None, torch.device("meta")) is None  # off the CPU: untouched
+
+
+def test_the_thread_count_can_be_pinned_and_bad_pins_are_refused(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setenv(THREADS_ENV, "1")
+    assert pick_threads(lambda: calls.append(1), CPU) == 1 and not calls  # pinned: nothing timed
+    monkeypatch.setenv(THREADS_ENV, "two")
+    with pytest.raises(ConfigError, match=f"{THREADS_ENV}.*'two'"):
+        pick_threads(lambda: None, CPU)
+
+
+def test_cpu_threads_restores_the_count_even_on_error() -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), cpu_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError
+    assert torch.get_num_threads() == before
