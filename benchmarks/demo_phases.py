@@ -44,21 +44,27 @@ def gemm_floor_ms(widths: list[int], m: int) -> float:
 
 
 def one_demo(seed: int, out: Path) -> dict:
-    start = time.perf_counter()
     result = demo(out, seed=seed, progress=False)
-    total = time.perf_counter() - start
     record = json.loads((out / "demo.json").read_text())
     manifest = json.loads((out / "reconstruction" / "reconstruction.json").read_text())
     return {
         "seed": seed,
         "estimate_s": record.get("estimate_s"),
-        "total_s": total,
+        "total_s": result.total_s,
         **{f"{k}_s": v for k, v in result.seconds.items()},
         "ms_per_iteration": manifest["timings"]["ms_per_iteration"],
         "threads": manifest.get("threads"),
         "engine": manifest.get("engine"),
         "n_recovered": result.metrics.get("n_recovered"),
     }
+
+
+def _row(r: dict, floor: float, n: int) -> list:
+    estimate = f"{r['estimate_s'] / 60:.1f} min" if r["estimate_s"] else "-"
+    times = [f"{r['total_s'] / 60:.1f} min", f"{r['train_s']:.0f} s", f"{r['reconstruct_s']:.0f} s",
+             f"{r['evaluate_and_report_s']:.0f} s"]  # fmt: skip
+    speed = [f"{r['ms_per_iteration']:.1f}", f"{r['ms_per_iteration'] / floor:.1f}"]
+    return [r["load"], r["seed"], estimate, *times, *speed, r["threads"], f"{r['n_recovered']} / {n}"]
 
 
 def main() -> None:
@@ -88,13 +94,7 @@ def main() -> None:
     write_json(Path(args.out), {"meta": meta, "gemm_floor_ms": floor, "rows": rows})
     head = ["load", "seed", "estimate", "total", "train", "attack", "evaluate", "ms/it", "× floor", "threads",
             "recovered"]  # fmt: skip
-    body = [
-        [r["load"], r["seed"], f"{r['estimate_s'] / 60:.1f} min" if r["estimate_s"] else "-",
-         f"{r['total_s'] / 60:.1f} min", f"{r['train_s']:.0f} s", f"{r['reconstruct_s']:.0f} s",
-         f"{r['evaluate_and_report_s']:.0f} s", f"{r['ms_per_iteration']:.1f}", f"{r['ms_per_iteration'] / floor:.1f}",
-         r["threads"], f"{r['n_recovered']} / {m // 2}"]  # fmt: skip
-        for r in rows
-    ]
+    body = [_row(r, floor, m // 2) for r in rows]
     print(f"GEMM floor at m = {m}: {floor:.2f} ms/iteration ({meta['threads']} threads)")
     print_table(head, body)
 

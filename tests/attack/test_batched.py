@@ -14,7 +14,7 @@ from kktrecon.attack import engine as engine_module
 from kktrecon.attack.batched import reconstruct_batch
 from kktrecon.attack.gram_loss import GramNet, gram_attack_loss
 from kktrecon.errors import ConfigError, UnsupportedModelError
-from kktrecon.models import ModelConfig, build_model, save_checkpoint, with_modified_relu
+from kktrecon.models import CNNConfig, ModelConfig, build_model, save_checkpoint, with_modified_relu
 
 
 @pytest.mark.parametrize(
@@ -54,12 +54,15 @@ def test_gram_form_equals_the_reference_loss_and_its_gradients(objective: str, o
         torch.testing.assert_close(grads[2 + k], gl, rtol=1e-8, atol=1e-10)
 
 
-def test_only_linear_relu_stacks_take_the_gram_form() -> None:
+def test_only_networks_whose_modules_all_have_rules_take_the_gram_form() -> None:
     assert GramNet.of(build_model(ModelConfig(input_shape=(4,), hidden=(3,)))) is not None
-    seq = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
     assert GramNet.of(seq) is not None
-    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 1))
-    assert GramNet.of(conv) is None
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2, 1))
+    assert GramNet.of(conv) is not None
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    assert GramNet.of(grouped) is None  # a setting the Conv2d rule does not cover
+    assert GramNet.of(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))) is None
 
 
 @pytest.fixture
@@ -95,9 +98,10 @@ def test_a_single_run_takes_the_gram_form_where_it_applies(victim_dir, tmp_path)
     batch = reconstruct_batch(victim_dir, [config], device="cpu", progress=False).results[0]
     assert torch.equal(auto.x, batch.x) and torch.equal(auto.lam, batch.lam)  # the same program, bit for bit
     assert json.loads((tmp_path / "auto" / "reconstruction.json").read_text())["engine"] == "gram"
-    cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1, bias=False)).double()
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1, bias=False))
     with pytest.raises(UnsupportedModelError, match="engine 'gram'"):
-        reconstruct(cnn, config, input_shape=(1, 4, 4), candidates=4, device="cpu", progress=False, engine="gram")
+        reconstruct(grouped.double(), config, input_shape=(2, 4, 4), candidates=4, device="cpu", progress=False,
+                    engine="gram")  # fmt: skip
     with pytest.raises(ConfigError, match="`engine`"):
         reconstruct(victim_dir, config, device="cpu", progress=False, engine="jax")
 
@@ -136,3 +140,34 @@ def test_the_compiled_engine_equals_the_gram_form(victim_dir, monkeypatch) -> No
     eager = reconstruct(victim_dir, config, device="cpu", progress=False, engine="gram")
     torch.testing.assert_close(compiled.x, eager.x, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(compiled.lam, eager.lam, rtol=1e-9, atol=1e-12)
+
+
+CNN_VARIANTS = {
+    "strided": dict(channels=(3, 4)),
+    "max-pool": dict(channels=(3, 4), stride=1, pool="max"),
+    "avg-pool, hidden, biases": dict(channels=(2,), kernel_size=2, stride=1, padding=0, pool="avg", hidden=(5,),
+                                     bias="all"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(CNN_VARIANTS))
+def test_cnn_trials_take_the_gram_form_and_it_equals_autograd(variant) -> None:
+    config = CNNConfig(input_shape=(1, 9, 9), init_scale=0.5, **CNN_VARIANTS[variant])
+    model = build_model(config, seed=0, dtype=torch.float64).eval()
+    user = nn.Sequential(*model.ops())  # the same network as a user would write it
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 1, 9, 9, generator=g, dtype=torch.float64)
+    lam = torch.rand(2, 6, generator=g, dtype=torch.float64)
+    y = torch.tensor([[-1.0, -1, -1, 1, 1, 1]] * 2, dtype=torch.float64)
+    alpha = torch.tensor([20.0, 150.0], dtype=torch.float64)
+    cfgs = [ReconstructionConfig(alpha=float(a), dtype="float64") for a in alpha]
+    for victim in (model, user):
+        net = GramNet.of(with_modified_relu(victim, 1.0))
+        assert net is not None
+        batched = gram_attack_loss(
+            net, x, lam, y, get_objective("binary"), alpha=alpha, weights=torch.ones(2, 3, dtype=torch.float64),
+            lambda_min=torch.full((2,), cfgs[0].lambda_min, dtype=torch.float64), box=1.0,
+        )  # fmt: skip
+        for t, cfg in enumerate(cfgs):
+            single = attack_loss(with_modified_relu(victim, cfg.alpha), x[t], lam[t], y[t], cfg)
+            torch.testing.assert_close(batched["kkt"][t], single["kkt"])

@@ -91,3 +91,11 @@ def test_a_bare_relu_and_a_bad_alpha() -> None:
     assert isinstance(with_modified_relu(nn.ReLU(), 3.0), ModifiedReLU)
     with pytest.raises(ConfigError, match=r"Expected `alpha` > 0\. Got 0"):
         with_modified_relu(nn.Linear(2, 1), 0.0)
+
+
+def test_a_relu_instance_registered_twice_is_swapped_at_both_places() -> None:
+    relu = nn.ReLU()
+    user = nn.Sequential(nn.Linear(3, 4), relu, nn.Linear(4, 4), relu, nn.Linear(4, 1))  # a common way to write it
+    attack = with_modified_relu(user, 5.0)
+    assert isinstance(attack[1], ModifiedReLU) and isinstance(attack[3], ModifiedReLU)
+    assert isinstance(user[3], nn.ReLU)  # the user's model untouched

@@ -6,9 +6,12 @@ need the gradients themselves:
 
     ⟨∇_{θ_l} gᵢ, ∇_{θ_l} gⱼ⟩ = pair(aᵢ, aⱼ, δᵢ, δⱼ)        ⟨∇_{θ_l} gᵢ, θ_l⟩ = δᵢ · zᵢ  (homogeneous layers)
 
-For ``nn.Linear`` the pair term is (δᵢ·δⱼ)(aᵢ·aⱼ + [bias]). The KKT diagnostic (:mod:`kktrecon.attack.kkt`)
-and the batched attack (:mod:`kktrecon.attack.batched`) both go through :data:`GRAM_RULES`; a layer type
-with a registered rule (a Conv2d rule, say) makes both work for networks that contain it.
+For ``nn.Linear`` the pair term is (δᵢ·δⱼ)(aᵢ·aⱼ + [bias]); for ``nn.Conv2d`` it is the inner product of
+the per-sample weight gradients δᵢ Uᵢᵀ (U the unfolded input patches: C_in·k² × positions, small for
+any convolution) plus that of the bias gradients Σₚ δᵢ. The KKT diagnostic (:mod:`kktrecon.attack.kkt`)
+and the Gram form of the attack (:mod:`kktrecon.attack.gram_loss`) both go through :data:`GRAM_RULES`;
+a layer type with a registered rule makes both work for networks that contain it. Tensors keep their
+natural shapes, with leading batch dimensions: (..., m, features) for Linear, (..., m, C, H, W) for Conv2d.
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ from typing import TypeVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GRAM_RULES", "GramRule", "LinearRule", "gram_rule", "register_gram_rule"]
+__all__ = ["GRAM_RULES", "Conv2dRule", "GramRule", "LinearRule", "gram_rule", "register_gram_rule"]
 
 
 class GramRule:
-    """How one layer type enters the Gram identity (see the module docstring). Shapes: (..., m, features)."""
+    """How one layer type enters the Gram identity (see the module docstring)."""
+
+    def supports(self, layer: nn.Module) -> bool:
+        """Whether this instance's settings are covered (e.g. a convolution's groups); else no rule applies."""
+        return True
 
     def forward(self, layer: nn.Module, a: Tensor) -> Tensor:
-        """The layer's output z for inputs ``a`` (rows of the batch)."""
+        """The layer's output z for a batch of inputs ``a`` (batch first)."""
         raise NotImplementedError
 
-    def backward(self, layer: nn.Module, delta: Tensor) -> Tensor:
-        """∂g/∂a from δ = ∂g/∂z: the gradient handed to the layer below (before its activation's derivative)."""
+    def backward(self, layer: nn.Module, delta: Tensor, a: Tensor) -> Tensor:
+        """∂g/∂a from δ = ∂g/∂z (``a``: the layer's inputs, for their shape): handed to the layer below."""
         raise NotImplementedError
 
     def pair(self, layer: nn.Module, a: Tensor, delta: Tensor) -> Tensor:
@@ -48,7 +55,7 @@ class LinearRule(GramRule):
     def forward(self, layer: nn.Module, a: Tensor) -> Tensor:
         return F.linear(a, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
 
-    def backward(self, layer: nn.Module, delta: Tensor) -> Tensor:
+    def backward(self, layer: nn.Module, delta: Tensor, a: Tensor) -> Tensor:
         return delta @ layer.weight.detach()
 
     def pair(self, layer: nn.Module, a: Tensor, delta: Tensor) -> Tensor:
@@ -56,6 +63,35 @@ class LinearRule(GramRule):
         if layer.bias is not None:
             inner = inner + 1.0
         return (delta @ delta.transpose(-1, -2)) * inner
+
+
+class Conv2dRule(GramRule):
+    """``nn.Conv2d`` (zero padding, groups 1): ∇_W gᵢ = δᵢ Uᵢᵀ with Uᵢ the unfolded patches, ∇_b gᵢ = Σₚ δᵢ."""
+
+    def supports(self, layer: nn.Module) -> bool:
+        return layer.groups == 1 and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
+
+    def forward(self, layer: nn.Module, a: Tensor) -> Tensor:
+        bias = None if layer.bias is None else layer.bias.detach()
+        return F.conv2d(a, layer.weight.detach(), bias, layer.stride, layer.padding, layer.dilation)
+
+    def backward(self, layer: nn.Module, delta: Tensor, a: Tensor) -> Tensor:
+        weight = layer.weight.detach()
+        stride, pad, dil, kernel = layer.stride, layer.padding, layer.dilation, weight.shape[2:]
+        out_size = [(delta.shape[-2 + d] - 1) * stride[d] - 2 * pad[d] + dil[d] * (kernel[d] - 1) + 1 for d in range(2)]
+        extra = tuple(a.shape[-2 + d] - out_size[d] for d in range(2))  # rows the strided convolution skipped
+        return F.conv_transpose2d(delta, weight, None, stride, pad, output_padding=extra, dilation=dil)
+
+    def pair(self, layer: nn.Module, a: Tensor, delta: Tensor) -> Tensor:
+        lead = a.shape[:-3]
+        patches = F.unfold(a.reshape(-1, *a.shape[-3:]), layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+        d = delta.reshape(patches.shape[0], delta.shape[-3], -1)  # (n, C_out, positions)
+        grads = (d @ patches.transpose(1, 2)).reshape(*lead, -1)  # per-sample weight gradients, flattened
+        inner = grads @ grads.transpose(-1, -2)
+        if layer.bias is not None:
+            sums = d.sum(dim=2).reshape(*lead, -1)
+            inner = inner + sums @ sums.transpose(-1, -2)
+        return inner
 
 
 #: Layer type -> its rule. A type missing here makes a network fall back to per-sample gradients.
@@ -76,8 +112,10 @@ def register_gram_rule(*layer_types: type[nn.Module]) -> Callable[[type[R]], typ
 
 
 def gram_rule(layer: nn.Module) -> GramRule | None:
-    """The rule of ``layer``'s exact type, or None."""
-    return GRAM_RULES.get(type(layer))
+    """The rule of ``layer``'s exact type if it covers this instance's settings, or None."""
+    rule = GRAM_RULES.get(type(layer))
+    return rule if rule is not None and rule.supports(layer) else None
 
 
 register_gram_rule(nn.Linear)(LinearRule)
+register_gram_rule(nn.Conv2d)(Conv2dRule)

@@ -28,38 +28,57 @@ from kktrecon.attack.gram import GramRule, gram_rule
 from kktrecon.attack.loop import LossFn, Trial
 from kktrecon.attack.objectives import Objective
 from kktrecon.attack.terms import TERMS, BatchedInputs, weighted_total
-from kktrecon.models import MLP, ModifiedReLU
+from kktrecon.models import CNN, MLP, ModifiedReLU
 
-__all__ = ["GramNet", "gram_attack_loss", "gram_loss"]
+__all__ = ["PASS_THROUGH", "GramNet", "GramOp", "gram_attack_loss", "gram_loss"]
 
 _RELU = (nn.ReLU, ModifiedReLU)  # the attack's copy has its ReLUs swapped
+#: Parameter-free, piecewise-linear modules a network may hold between its layers (their Jacobian is used as is).
+PASS_THROUGH = (nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
+
+
+@dataclass(frozen=True)
+class GramOp:
+    """One step of the forward pass: a ``layer`` with a Gram rule, a ``relu``, or a parameter-free ``pass``."""
+
+    kind: str
+    module: nn.Module
+    rule: GramRule | None = None
 
 
 @dataclass(frozen=True)
 class GramNet:
-    """A stack of layers with Gram rules and ReLUs between consecutive ones, e.g. Linear, ReLU, …, Linear."""
+    """A network as a flat sequence of layers with Gram rules, ReLUs and parameter-free modules."""
 
-    layers: tuple[nn.Module, ...]
-    rules: tuple[GramRule, ...]
+    ops: tuple[GramOp, ...]
 
     @classmethod
     def of(cls, model: nn.Module) -> GramNet | None:
-        """The layers of a kktrecon MLP or an ``nn.Sequential`` of [Flatten], layer, ReLU, …, layer; else None."""
-        if isinstance(model, MLP):
-            layers = list(model.layers)
+        """A kktrecon MLP or CNN, or an ``nn.Sequential`` of such modules; None if any module lacks a rule."""
+        if isinstance(model, (MLP, CNN)):
+            modules = model.ops()
         elif isinstance(model, nn.Sequential):
             modules = list(model)
-            if modules and type(modules[0]) is nn.Flatten:
-                modules = modules[1:]
-            layers = modules[0::2]
-            if not modules or len(modules) % 2 == 0 or not all(type(m) in _RELU for m in modules[1::2]):
-                return None
         else:
             return None
-        rules = [gram_rule(layer) for layer in layers]
-        if any(r is None for r in rules):
-            return None
-        return cls(tuple(layers), tuple(rules))  # type: ignore[arg-type]
+        ops = []
+        for module in modules:
+            if next(module.parameters(), None) is not None:
+                rule = gram_rule(module)
+                if rule is None:
+                    return None
+                ops.append(GramOp("layer", module, rule))
+            elif type(module) in _RELU:
+                ops.append(GramOp("relu", module))
+            elif type(module) in PASS_THROUGH:
+                ops.append(GramOp("pass", module))
+            else:
+                return None
+        return cls(tuple(ops)) if any(op.kind == "layer" for op in ops) else None
+
+    @property
+    def layers(self) -> tuple[nn.Module, ...]:
+        return tuple(op.module for op in self.ops if op.kind == "layer")
 
     @cached_property
     def norm_sq(self) -> Tensor:
@@ -105,29 +124,46 @@ def gram_attack_loss(
 def _stationarity(net: GramNet, x: Tensor, lam: Tensor, y: Tensor, objective: Objective, alpha: Tensor) -> Tensor:
     """Σ_l ‖θ_l − Σⱼ ∇_{θ_l} (stationarity sum)‖² of each trial in Gram form (the module docstring), (K,)."""
     k, m = x.shape[:2]
-    rows = x.reshape(k * m, -1)
-    alpha_rows = alpha.repeat_interleave(m)[:, None].to(rows)
-    inputs, outputs = [], []
-    h = rows
-    last = len(net.layers) - 1
-    for i, (layer, rule) in enumerate(zip(net.layers, net.rules, strict=True)):
-        inputs.append(h)
-        z = rule.forward(layer, h)
-        outputs.append(z)
-        h = _modified_relu(z, alpha_rows) if i < last else z
-    out = outputs[-1].reshape(k, m, -1)
+    h = x.reshape(k * m, *x.shape[2:])
+    alpha_rows = alpha.repeat_interleave(m).to(h)
+    seen = []  # each op's input
+    for op in net.ops:
+        seen.append(h)
+        if op.kind == "layer":
+            h = op.rule.forward(op.module, h)
+        elif op.kind == "relu":
+            h = _modified_relu(h, _per_row(alpha_rows, h))
+        else:
+            h = op.module(h)
+    out = h.reshape(k, m, -1)
     # u = ∂S/∂Φ for each trial's stationarity sum S = objective.kkt_sum (depends on λ, not on x).
     u = torch.stack([objective.output_gradient(out[t], lam[t], y[t]) for t in range(k)])
-    delta = u.reshape(k * m, -1)
+    delta = u.reshape(h.shape)
     kkt = net.norm_sq.expand(k).clone()
-    for i in range(last, -1, -1):
-        layer, rule = net.layers[i], net.rules[i]
-        cross = rule.project(layer, outputs[i], delta).reshape(k, -1).sum(dim=1)
-        pairs = rule.pair(layer, inputs[i].reshape(k, m, -1), delta.reshape(k, m, -1))
-        kkt = kkt + (-2.0 * cross + pairs.sum(dim=(1, 2)))
-        if i > 0:
-            delta = rule.backward(layer, delta) * torch.sigmoid(alpha_rows * outputs[i - 1])
+    first = next(i for i, op in enumerate(net.ops) if op.kind == "layer")
+    for i in range(len(net.ops) - 1, first - 1, -1):
+        op, a = net.ops[i], seen[i]
+        if op.kind == "layer":
+            z = seen[i + 1] if i + 1 < len(seen) else h
+            cross = op.rule.project(op.module, z, delta).reshape(k, -1).sum(dim=1)
+            pairs = op.rule.pair(op.module, a.reshape(k, m, *a.shape[1:]), delta.reshape(k, m, *delta.shape[1:]))
+            kkt = kkt + (-2.0 * cross + pairs.sum(dim=(1, 2)))
+            if i > first:
+                delta = op.rule.backward(op.module, delta, a)
+        elif op.kind == "relu":
+            delta = delta * torch.sigmoid(_per_row(alpha_rows, a) * a)
+        elif isinstance(op.module, nn.Flatten):
+            delta = delta.reshape(a.shape)
+        else:  # a piecewise-linear module: its Jacobian at the (detached) input, applied to δ
+            probe = a.detach().requires_grad_(True)
+            with torch.enable_grad():
+                (delta,) = torch.autograd.grad(op.module(probe), probe, delta, create_graph=True)
     return kkt
+
+
+def _per_row(values: Tensor, like: Tensor) -> Tensor:
+    """(rows,) values shaped to broadcast over ``like``'s (rows, ...) entries."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def gram_loss(

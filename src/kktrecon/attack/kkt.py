@@ -124,7 +124,7 @@ def _rule_gram(
     for module, a, z in captured:
         rule = gram_rule(module)
         delta = z.grad.detach()
-        gram += rule.pair(module, a.detach().reshape(n, -1), delta.reshape(n, -1))
+        gram += rule.pair(module, a.detach(), delta)
         proj += rule.project(module, z.detach(), delta).reshape(n, -1).sum(dim=1)
     return gram, proj, g.detach()
 

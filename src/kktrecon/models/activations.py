@@ -74,7 +74,9 @@ def with_modified_relu(model: nn.Module, alpha: float) -> nn.Module:
     if isinstance(clone, (nn.ReLU, ModifiedReLU)):
         return ModifiedReLU(alpha)
     for parent in list(clone.modules()):
-        for name, child in list(parent.named_children()):
+        # every registration, not named_children(): that skips a ReLU instance registered twice (nn.Sequential
+        # with one shared nn.ReLU), which would keep the true ReLU's derivative at its second place
+        for name, child in list(parent._modules.items()):
             if isinstance(child, (nn.ReLU, ModifiedReLU)):
                 # add_module replaces the registered child under any name ("0", "layers", dict keys)
                 parent.add_module(name, ModifiedReLU(alpha))

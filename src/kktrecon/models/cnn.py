@@ -18,6 +18,7 @@ the paper's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,14 @@ from kktrecon.errors import ConfigError
 from kktrecon.models.mlp import BIAS_POLICIES
 from kktrecon.models.registry import Architecture, register_architecture
 
-__all__ = ["CNN", "CNNConfig", "build_cnn", "conv_output_size"]
+__all__ = ["CNN", "POOLS", "CNNConfig", "build_cnn", "conv_output_size"]
+
+#: Pooling after each convolution's ReLU: name -> a module of the pooling size (None: no pooling).
+POOLS: dict[str, Callable[[int], nn.Module | None]] = {
+    "none": lambda size: None,
+    "max": lambda size: nn.MaxPool2d(size),
+    "avg": lambda size: nn.AvgPool2d(size),
+}
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
@@ -49,6 +57,8 @@ class CNNConfig:
         input_shape: ``(channels, height, width)`` of one input.
         channels: output channels of each Conv2d layer (at least one).
         kernel_size, stride, padding: shared by every convolution.
+        pool: ``none``, ``max`` or ``avg``: a ``pool_size`` × ``pool_size`` pooling (stride = size) after each
+            convolution's ReLU. Max and average pooling keep Φ homogeneous in θ.
         hidden: widths of linear layers between the flattened features and the head; ``()`` for none.
         num_outputs: 1 for binary tasks (Φ is the single logit), K for multiclass.
         bias: ``none`` (fully homogeneous), ``first`` (only the first convolution has a bias, as the
@@ -67,6 +77,8 @@ class CNNConfig:
     kernel_size: int = 3
     stride: int = 2
     padding: int = 1
+    pool: str = "none"
+    pool_size: int = 2
     hidden: tuple[int, ...] = ()
     num_outputs: int = 1
     bias: str = "first"
@@ -85,6 +97,9 @@ class CNNConfig:
         check_int("kernel_size", self.kernel_size, low=1)
         check_int("stride", self.stride, low=1)
         check_int("padding", self.padding, low=0)
+        if self.pool not in POOLS:
+            raise ConfigError(f"Expected `pool` to be one of {sorted(POOLS)}. Got {self.pool!r}.")
+        check_int("pool_size", self.pool_size, low=1)
         check_ints("hidden", self.hidden, low=1)
         check_int("num_outputs", self.num_outputs, low=1)
         check_number("init_scale", self.init_scale, low=0, low_open=True)
@@ -94,18 +109,20 @@ class CNNConfig:
         if min(sizes[-1]) < 1:
             raise ConfigError(
                 f"Expected `input_shape` large enough for {len(self.channels)} convolutions "
-                f"(kernel {self.kernel_size}, stride {self.stride}, padding {self.padding}). "
+                f"(kernel {self.kernel_size}, stride {self.stride}, padding {self.padding}, pool {self.pool}). "
                 f"Got {self.input_shape!r}, whose spatial sizes shrink to {sizes}."
             )
 
     @property
     def feature_sizes(self) -> list[tuple[int, int]]:
-        """(height, width) after each convolution, computed arithmetically (works on the meta device)."""
+        """(height, width) after each convolution (and its pooling), computed arithmetically (works on meta)."""
         h, w = self.input_shape[1:]
         sizes = []
         for _ in self.channels:
             h = conv_output_size(h, self.kernel_size, self.stride, self.padding)
             w = conv_output_size(w, self.kernel_size, self.stride, self.padding)
+            if self.pool != "none":
+                h, w = (conv_output_size(v, self.pool_size, self.pool_size, 0) for v in (h, w))
             sizes.append((h, w))
         return sizes
 
@@ -143,21 +160,31 @@ class CNN(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.activation: nn.Module = nn.ReLU()
         self.flatten = nn.Flatten()
+        self.pooling: nn.Module | None = POOLS[config.pool](config.pool_size)
 
     @property
     def depth(self) -> int:
         """Number of parametrised layers (the degree of homogeneity in θ)."""
         return self.config.depth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.reshape(x.shape[0], *self.config.input_shape)
+    def ops(self) -> list[nn.Module]:
+        """The forward pass as a flat sequence of modules (what the Gram form of the attack walks)."""
         n_conv = len(self.config.channels)
+        ops: list[nn.Module] = []
         for i, layer in enumerate(self.layers):
             if i == n_conv:
-                h = self.flatten(h)
-            h = layer(h)
+                ops.append(self.flatten)
+            ops.append(layer)
             if i < len(self.layers) - 1:
-                h = self.activation(h)
+                ops.append(self.activation)
+            if i < n_conv and self.pooling is not None:
+                ops.append(self.pooling)
+        return ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(x.shape[0], *self.config.input_shape)
+        for op in self.ops():
+            h = op(h)
         return h
 
 

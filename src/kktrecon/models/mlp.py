@@ -89,11 +89,21 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=policy(i, n)) for i in range(n))
         self.activation: nn.Module = nn.ReLU()
 
+    def ops(self) -> list[nn.Module]:
+        """The forward pass as a flat sequence of modules (what the Gram form of the attack walks)."""
+        ops: list[nn.Module] = [_FLATTEN]
+        for layer in self.layers[:-1]:
+            ops += [layer, self.activation]
+        return [*ops, self.layers[-1]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], -1)
         for layer in self.layers[:-1]:
             h = self.activation(layer(h))
         return self.layers[-1](h)
+
+
+_FLATTEN = nn.Flatten()
 
 
 def build_mlp(config: MLPConfig, gen: torch.Generator) -> MLP:
