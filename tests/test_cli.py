@@ -62,6 +62,9 @@ def test_train_diagnose_reconstruct_evaluate_report_end_to_end(tmp_path) -> None
     result = runner.invoke(app, ["diagnose", str(victim), "--json"])
     assert result.exit_code == 0, result.output
     assert 0.0 <= json.loads(result.stdout)["relative_residual"] <= 1.0
+    assert json.loads(result.stdout)["extra"]["capacity"]["ratio"] > 1
+    result = runner.invoke(app, ["diagnose", str(victim)])
+    assert result.exit_code == 0 and "p/dn" in result.output
     result = runner.invoke(
         app,
         ["reconstruct", str(victim), "--out", str(rec), "--iterations", "30", "--candidates", "10",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kktrecon.attack.capacity import capacity
 from kktrecon.attack.kkt import KKTDiagnosis, diagnose_model
 from kktrecon.attack.victim import Victim
 from kktrecon.configs import config_from_dict
@@ -101,4 +102,5 @@ def diagnose(
         model, weight_decay = victim, None
     result = diagnose_model(model, x, signs, device=dev, objective=objective, nonzero_tol=nonzero_tol)
     result.extra["weight_decay"] = weight_decay
+    result.extra["capacity"] = capacity(model, tuple(x.shape[1:]), len(x)).to_dict()
     return result
