@@ -298,6 +298,9 @@ def diagnose(
     norm = sorted(d.normalized_margins)
     spread = f"min {norm[0]:.3f}, median {norm[len(norm) // 2]:.3f}, max {norm[-1]:.3f}"
     out.print(_styled("normalised margins (÷ min):", "bold", spread))
+    if (room := d.extra.get("capacity")) is not None:
+        counts = f"p = {room['parameters']:,}, d·n = {room['dn']:,}, p/dn = {room['ratio']:.3g}"
+        out.print(_styled("capacity:", "bold", f"{counts}   ({room['reading']})"))
 
 
 # The attack's settings that have an option of their own (every other one is reached by --set).
@@ -664,7 +667,7 @@ def demo(
     out.rule("result")
     out.print(Text(result.headline, style="bold green"), highlight=False)
     times = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
-    out.print(f"time: {times}; total {sum(result.seconds.values()) / 60:.1f} min", highlight=False)
+    out.print(f"time: {times}; total {result.total_s / 60:.1f} min", highlight=False)
     out.print(f"report: {result.report.resolve()}", highlight=False)
     count = result.metrics["n_found" if toy else "n_recovered"]
     if fail_under is not None and count < fail_under:
