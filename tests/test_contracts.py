@@ -87,6 +87,7 @@ def test_every_objectives_output_gradient_equals_autograds(name: str) -> None:
 #: A small instance of each layer type that has a Gram rule, and the shape of one input to it.
 EXAMPLES: dict[type[nn.Module], Any] = {
     nn.Linear: lambda: (nn.Linear(5, 3), (5,)),
+    nn.Conv2d: lambda: (nn.Conv2d(2, 3, 3, stride=2, padding=1), (2, 7, 6)),  # odd sizes: the stride skips a row
 }
 
 
@@ -105,9 +106,13 @@ def check_gram_rule(layer_type: type[nn.Module]) -> None:
     flat = torch.cat([jac[k].flatten(1) for k in params], dim=1)
     theta = torch.cat([p.flatten() for p in params.values()])
     delta = v.expand_as(z)
-    torch.testing.assert_close(rule.pair(layer, a.flatten(1), delta.flatten(1)), flat @ flat.T)
+    torch.testing.assert_close(rule.pair(layer, a, delta), flat @ flat.T)
+    torch.testing.assert_close(rule.pair(layer, a[None], delta[None])[0], flat @ flat.T)  # leading batch dims
     torch.testing.assert_close(rule.project(layer, z, delta).flatten(1).sum(1), flat @ theta)
     torch.testing.assert_close(rule.forward(layer, a), layer(a))
+    probe = a.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(layer(probe), probe, delta)
+    torch.testing.assert_close(rule.backward(layer, delta, a), expected)  # the gradient handed down
 
 
 @pytest.mark.parametrize("layer_type", list(GRAM_RULES), ids=lambda t: t.__name__)
@@ -153,9 +158,19 @@ def test_every_architecture_has_gram_forms_equal_to_autograd(name: str) -> None:
 
 
 def _victim() -> Victim:
+    """A tiny MLP trained a few SGD steps on two inputs, with its initial weights (what the owner's families need)."""
     arch = ARCHITECTURES["mlp"]
-    model = arch.build(arch.config(input_shape=(1, 4, 4), hidden=(8,)), torch.Generator().manual_seed(0))
-    return Victim.from_module(model.eval(), n_train=2)
+    model = arch.build(
+        arch.config(input_shape=(1, 4, 4), hidden=(8,), init_scale=0.5), torch.Generator().manual_seed(0)
+    )
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], torch.tensor([0.0, 1.0])).backward()
+        opt.step()
+    return Victim.from_module(model.eval(), n_train=2, initial_state=initial)
 
 
 def _config(family: AttackFamily, **fields: Any) -> Any:

@@ -201,7 +201,7 @@ _TRAIN = _Fields(
         **{k: f"data.{k}" for k in ("dataset", "task", "n_per_class", "test_per_class")},
         **{k: f"model.{k}" for k in ("hidden", "channels", "kernel_size", "stride", "bias", "init_scale")},
         **{k: k for k in ("model", "weight_decay", "lr", "steps", "loss_threshold", "schedule", "seed", "dtype")},
-        "checkpoint_every": "checkpoint_every",
+        **{k: k for k in ("checkpoint_every", "init", "optimizer", "momentum", "batch_size")},
     },
     kinds={"model": "kktrecon.models:ARCHITECTURES"},
 )
@@ -241,13 +241,20 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Initialisation seed.")] = None,
     dtype: Dtype = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (0: never).")] = None,
+    init: Annotated[
+        str | None, typer.Option(help="model (the architecture's own: the reference) or pytorch (nn.Linear's default).")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd (reference) or adam.")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size (default: the full batch).")] = None,
     settings: SetOption = None,
     data_root: DataRoot = None,
     device: Device = "auto",
     force: Force = False,
     resume: Resume = False,
 ) -> None:
-    """Train a victim by full-batch gradient descent on the logistic loss (the reference recipe)."""
+    """Train a victim on the task's loss: full-batch GD (the reference recipe), or as users train (--init pytorch,
+    --batch-size, --momentum, --optimizer adam, --weight-decay, --loss-threshold). θ₀ is kept as initial.safetensors."""
     given = dict(locals())  # the options as passed; None: not given, the dataclass's default holds
     from kktrecon.training import DATA_DECIDED
     from kktrecon.training import train as train_victim

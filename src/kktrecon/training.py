@@ -1,12 +1,16 @@
-"""Victim training: full-batch gradient descent on the logistic loss, the reference recipe.
+"""Victim training: full-batch gradient descent on the logistic loss (the reference recipe), or as users train.
 
 Gradient descent on the logistic loss over a separable set drives a homogeneous network towards
 a KKT point of the max-margin problem (Lyu & Li 2019), which is what the attack inverts. The
 reference (Haim et al. 2022, nivha/dataset_reconstruction) trains d-1000-1000-1 with a bias on the
 first layer only, first layer initialised N(0,1)·1e-4, SGD lr 0.01 without momentum, full batch.
 
-Runs write ``model.safetensors`` + ``model.json`` into their own directory, and checkpoint the
-weights every ``checkpoint_every`` steps so an interrupted run resumes where it stopped.
+Beside the reference, a victim may be trained the way people train models (``init="pytorch"``,
+minibatches, momentum, Adam, weight decay, a stopping loss): the regime the owner's attacks address
+(METHOD §6). Runs write ``model.safetensors`` + ``model.json`` into their own directory, keep the
+initial weights θ₀ as ``initial.safetensors`` (the owner's knowledge; the recipe is the manifest's
+``training``), and checkpoint the weights and the optimiser's state every ``checkpoint_every`` steps so
+an interrupted run resumes where it stopped, bit-identically.
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ from kktrecon.attack.objectives import Objective, get_objective
 from kktrecon.checks import check_int, check_number
 from kktrecon.configs import config_from_dict, config_to_dict, register_choice, register_nested
 from kktrecon.data import DataConfig, Dataset, load_dataset
-from kktrecon.devices import resolve_device, resolve_dtype
+from kktrecon.devices import cpu_threads, pick_threads, resolve_device, resolve_dtype
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError, TrainingDivergedError
 from kktrecon.files import TRAIN_STATE_FILE, VICTIM_FILE, VICTIM_WEIGHTS_FILE, load_state, package_versions, save_state
 from kktrecon.models import ARCHITECTURES, MLPConfig, build_model, load_checkpoint, save_checkpoint
+from kktrecon.models.checkpoints import INITIAL_WEIGHTS_FILE, save_initial_state
 from kktrecon.models.registry import architecture_of, get_architecture
 from kktrecon.progress import progress_bar
 from kktrecon.runs import Run, RunKind, check_resumable, open_run, same_length
 
 __all__ = [
     "DATA_DECIDED",
+    "INITS",
+    "OPTIMIZERS",
     "SCHEDULES",
     "TrainConfig",
     "TrainResult",
@@ -61,6 +68,39 @@ SCHEDULES: dict[str, Callable[[float, float, float, float], float]] = {
 }
 
 
+def _sgd(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _adam(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+#: The optimisers a victim may be trained with, by name: (parameters, config) -> a torch optimiser.
+OPTIMIZERS: dict[str, Callable[[Any, TrainConfig], torch.optim.Optimizer]] = {"sgd": _sgd, "adam": _adam}
+
+
+def _init_model(model: nn.Module, gen: torch.Generator) -> None:
+    """The architecture's own initialisation, as built: nothing to redo."""
+
+
+def _init_pytorch(model: nn.Module, gen: torch.Generator) -> None:
+    """nn.Linear's and nn.Conv2d's ``reset_parameters`` (Kaiming-uniform, a = √5), drawn from ``gen``."""
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear | nn.Conv2d):
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=gen)
+                if layer.bias is not None:
+                    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
+
+
+#: How the weights start: ``model`` (the architecture's own: the reference's tiny first layer) or ``pytorch``
+#: (PyTorch's default for every Linear and Conv2d, as a user's model starts), drawn from the seed.
+INITS: dict[str, Callable[[nn.Module, torch.Generator], None]] = {"model": _init_model, "pytorch": _init_pytorch}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a victim.
@@ -71,10 +111,10 @@ class TrainConfig:
             (the paper's d-1000-1000-1 with a first-layer bias, N(0,1)·1e-4 first layer) or
             :class:`~kktrecon.models.CNNConfig`. Its ``input_shape`` and ``num_outputs`` are the data's
             to decide (:data:`DATA_DECIDED`): training sets them from the loaded training set.
-        lr: gradient-descent step size (reference 0.01).
-        weight_decay: L2 penalty coefficient of gradient descent (0: the paper; Buzaglo et al. 2023 find
+        lr: step size (reference 0.01).
+        weight_decay: L2 penalty coefficient of the optimiser (0: the paper; Buzaglo et al. 2023 find
             that weight decay makes victims leak more).
-        steps: step budget.
+        steps: step budget (optimiser steps: minibatches, not epochs).
         loss_threshold: stop early once the training loss falls below this.
         schedule: ``constant`` (reference) or ``loss-scaled`` (step ∝ 1/loss, capped at ``max_lr_factor``).
         max_lr_factor: cap of the ``loss-scaled`` schedule's step relative to ``lr``.
@@ -82,6 +122,12 @@ class TrainConfig:
         seed: initialisation seed.
         eval_every: steps between recorded points of the loss curve.
         checkpoint_every: steps between resumable checkpoints (0: never).
+        init: ``model`` (the architecture's own initialisation: the reference) or ``pytorch`` (PyTorch's
+            default for every Linear and Conv2d layer, as users' models start; see :data:`INITS`).
+        optimizer: ``sgd`` (reference) or ``adam`` (:data:`OPTIMIZERS`).
+        momentum: SGD momentum (reference 0).
+        batch_size: minibatch size; None: the full batch (reference). Each epoch visits the training set
+            in an order drawn from ``seed`` and the epoch's number (so a resumed run draws the same).
 
     Example:
         >>> TrainConfig(model=MLPConfig(hidden=(40, 40)), steps=1000).model.hidden
@@ -100,6 +146,10 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1000
     checkpoint_every: int = 10_000
+    init: str = "model"
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not any(type(self.model) is arch.config for arch in ARCHITECTURES.values()):
@@ -108,6 +158,15 @@ class TrainConfig:
                               f"Got {self.model!r}.")  # fmt: skip
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"Expected `schedule` to be one of {sorted(SCHEDULES)}. Got {self.schedule!r}.")
+        for name, table in (("init", INITS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in table:
+                raise ConfigError(f"Expected `{name}` to be one of {sorted(table)}. Got {getattr(self, name)!r}.")
+        check_number("momentum", self.momentum, low=0, high=1)
+        if self.momentum and self.optimizer != "sgd":
+            raise ConfigError(f"Expected `momentum` 0 with optimizer {self.optimizer!r} (it is SGD's). "
+                              f"Got {self.momentum}.")  # fmt: skip
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, low=1)
         resolve_dtype(self.dtype)
         check_int("steps", self.steps, low=0)
         check_number("lr", self.lr, low=0, low_open=True)
@@ -205,7 +264,7 @@ def evaluate_model(model: nn.Module, data: Dataset) -> dict[str, Any]:
 
 
 #: A victim run directory: weights + manifest when finished, the resumable state kept beside them.
-VICTIM_RUN = RunKind(manifest=VICTIM_FILE, state=TRAIN_STATE_FILE, outputs=(VICTIM_WEIGHTS_FILE,))
+VICTIM_RUN = RunKind(manifest=VICTIM_FILE, state=TRAIN_STATE_FILE, outputs=(VICTIM_WEIGHTS_FILE, INITIAL_WEIGHTS_FILE))
 # Config fields that may change between a run and its continuation: the budget and how often it saves.
 _FREE_ON_RESUME = ("steps", "checkpoint_every")
 
@@ -217,11 +276,34 @@ class _Progress:
     step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     elapsed: float = 0.0
+    optimizer: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _save_state(path: Path, model: nn.Module, progress: _Progress, config: TrainConfig) -> None:
+_OPTIM = "optimizer."  # prefix of the optimiser's state tensors in a training checkpoint
+
+
+def _save_state(
+    path: Path, model: nn.Module, progress: _Progress, config: TrainConfig, opt: torch.optim.Optimizer | None = None
+) -> None:
     meta = {"step": progress.step, "history": progress.history, "elapsed": progress.elapsed}
-    save_state(path, model.state_dict(), {**meta, "config": config_to_dict(config)})
+    tensors = dict(model.state_dict())
+    if opt is not None:  # momentum buffers, Adam's moments and step counts: a resumed run continues exactly
+        for index, state in opt.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"{_OPTIM}{index}.{key}"] = torch.as_tensor(value)
+    save_state(path, tensors, {**meta, "config": config_to_dict(config)})
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Put the optimiser state of a :func:`_save_state` checkpoint back into ``opt``."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith(_OPTIM):
+            index, _, key = name.removeprefix(_OPTIM).partition(".")
+            state.setdefault(int(index), {})[key] = value
+    if state:
+        record = opt.state_dict()
+        opt.load_state_dict({"state": state, "param_groups": record["param_groups"]})
 
 
 def _resume_view(record: Mapping[str, Any], data: Dataset) -> dict[str, Any]:
@@ -241,7 +323,8 @@ def _check_resumable(recorded: Mapping[str, Any], config: TrainConfig, data: Dat
 def _load_state(path: Path, model: nn.Module, config: TrainConfig, data: Dataset) -> _Progress:
     tensors, meta = load_state(path)
     _check_resumable(meta.get("config", {}), config, data, path.parent)
-    if sorted(tensors) != sorted(model.state_dict()) or not {"step", "history", "elapsed"} <= set(meta):
+    weights = sorted(k for k in tensors if not k.startswith(_OPTIM))
+    if weights != sorted(model.state_dict()) or not {"step", "history", "elapsed"} <= set(meta):
         raise CheckpointError(f"{path} does not hold this victim's weights; pass --force to start over.")
     if meta["step"] > config.steps:
         raise RunStateError(
@@ -251,7 +334,7 @@ def _load_state(path: Path, model: nn.Module, config: TrainConfig, data: Dataset
     with torch.no_grad():
         for k, v in model.state_dict().items():
             v.copy_(tensors[k])
-    return _Progress(meta["step"], meta["history"], meta["elapsed"])
+    return _Progress(meta["step"], meta["history"], meta["elapsed"], optimizer=tensors)
 
 
 def train(
@@ -303,12 +386,15 @@ def train(
     data = _on(data, dev, dtype)
     config = dataclasses.replace(config, model=config.model_config(data))  # recorded as built
     model = build_model(config.model, seed=config.seed, device=dev, dtype=dtype)
+    INITS[config.init](model, torch.Generator(device=dev).manual_seed(config.seed))
     run = open_run(out, VICTIM_RUN, force=force, resume=resume) if out is not None else None
     state = _Progress()
     if run is not None and run.status == "finished":
         finished = _finished_result(run, config, data, dev)
         if finished is not None:
             return finished
+    if run is not None and run.status == "new":
+        save_initial_state(run.path, model)
     if run is not None and run.status != "new":
         state = _load_state(run.state, model, config, data)
     _fit(model, data, config, state, run.state if run is not None else None, progress=progress)
@@ -346,19 +432,28 @@ def _fit(
     *,
     progress: bool,
 ) -> None:
-    """Full-batch gradient descent from ``state`` to ``config.steps`` (or the loss threshold), in place."""
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.0, weight_decay=config.weight_decay)
+    """Gradient descent (full batch or minibatches) from ``state`` to ``config.steps`` (or the loss threshold)."""
+    opt = OPTIMIZERS[config.optimizer](model.parameters(), config)
+    _restore_optimizer(opt, state.optimizer)
     y_train, y_test, objective = _targets(data)
     schedule = SCHEDULES[config.schedule]
     initial_loss: float | None = state.history[0]["loss"] if state.history else None
     start = time.perf_counter() - state.elapsed
     loss_value = float("nan")
     needs_loss = config.schedule != "constant" or config.loss_threshold is not None
-    with progress_bar("train", total=config.steps, enabled=progress, completed=state.step) as bar:
+    n = len(data.x_train)
+    batch = n if config.batch_size is None else min(config.batch_size, n)
+    threads = pick_threads(lambda: _probe_step(model, data, y_train, objective), data.x_train.device)
+    with cpu_threads(threads), progress_bar("train", total=config.steps, enabled=progress, completed=state.step) as bar:
         while state.step < config.steps:
-            loss, err = _loss_and_error(model, data.x_train, y_train, objective)
+            rows = _minibatch(config, state.step, n, batch, data.x_train.device)
+            full = rows is None
             # Reading the loss synchronises a GPU: only where the schedule, the threshold or the log needs it.
             logging = state.step % config.eval_every == 0
+            if full:
+                loss, err = _loss_and_error(model, data.x_train, y_train, objective)
+            elif logging or needs_loss:
+                loss, err = _full_loss(model, data)
             if logging or needs_loss:
                 loss_value = float(loss.detach())
                 if initial_loss is None:
@@ -376,6 +471,8 @@ def _fit(
             if needs_loss:
                 for group in opt.param_groups:
                     group["lr"] = schedule(config.lr, loss_value, initial_loss, config.max_lr_factor)
+            if not full:  # the step's own loss, on its minibatch
+                loss = objective.training_loss(model(data.x_train[rows]), y_train[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -383,10 +480,34 @@ def _fit(
             bar.advance(1)
             if checkpoint is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
                 state.elapsed = time.perf_counter() - start
-                _save_state(checkpoint, model, state, config)
+                _save_state(checkpoint, model, state, config, opt)
     state.elapsed = time.perf_counter() - start
     if checkpoint is not None:  # kept after the end, so that the run can be extended
-        _save_state(checkpoint, model, state, config)
+        _save_state(checkpoint, model, state, config, opt)
+
+
+def _probe_step(model: nn.Module, data: Dataset, y_train: torch.Tensor, objective: Objective) -> None:
+    """A full-batch forward and backward that leaves the model as it was (for timing thread counts)."""
+    _loss_and_error(model, data.x_train, y_train, objective)[0].backward()
+    model.zero_grad(set_to_none=True)
+
+
+def _full_loss(model: nn.Module, data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole training set's loss and error, without a graph (what a minibatch run stops and logs on)."""
+    y_train, _, objective = _targets(data)
+    with torch.no_grad():
+        return _loss_and_error(model, data.x_train, y_train, objective)
+
+
+def _minibatch(config: TrainConfig, step: int, n: int, batch: int, device: torch.device) -> torch.Tensor | None:
+    """The rows of step ``step``'s minibatch (None: the full batch). Each epoch's order is drawn from the seed and
+    the epoch's number alone, so that a resumed run draws what an uninterrupted one would."""
+    if batch >= n:
+        return None
+    per_epoch = math.ceil(n / batch)
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+    return order[k * batch : (k + 1) * batch].to(device)
 
 
 def _log_point(

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from kktrecon.attack.objectives import Objective, default_objective, get_objective
 from kktrecon.errors import ConfigError
 from kktrecon.models import load_checkpoint, weights_fingerprint
+from kktrecon.models.checkpoints import load_initial_state
 from kktrecon.models.spec import fit_weights, load_spec, load_weights
 
 __all__ = ["Preprocessing", "Victim", "VictimLike"]
@@ -93,6 +94,7 @@ class Victim:
             dataset=(manifest.get("data") or {}).get("dataset"),
             n_train=(manifest.get("metrics") or {}).get("n_train"),
             preprocessing=known,
+            initial_state=load_initial_state(run_dir, model),
             recipe=manifest.get("training"),
             manifest=manifest,
         )

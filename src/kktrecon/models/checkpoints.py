@@ -18,7 +18,19 @@ from kktrecon.errors import CheckpointError
 from kktrecon.files import VICTIM_FILE, VICTIM_WEIGHTS_FILE, atomic_write_bytes, atomic_write_json, read_json
 from kktrecon.models.registry import architecture_of, get_architecture, parameter_shapes
 
-__all__ = ["check_state_dict", "load_checkpoint", "read_header", "save_checkpoint", "weights_fingerprint"]
+__all__ = [
+    "INITIAL_WEIGHTS_FILE",
+    "check_state_dict",
+    "load_checkpoint",
+    "load_initial_state",
+    "read_header",
+    "save_checkpoint",
+    "save_initial_state",
+    "weights_fingerprint",
+]
+
+#: A victim's weights before training (θ₀), kept beside ``model.safetensors``: what its owner knows.
+INITIAL_WEIGHTS_FILE = "initial.safetensors"
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -38,6 +50,31 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, manifest: dict[str, A
     atomic_write_bytes(run_dir / VICTIM_WEIGHTS_FILE, st_save(tensors))
     record = {**manifest, "architecture": architecture_of(config).name, "model": config_to_dict(config)}
     atomic_write_json(run_dir / VICTIM_FILE, record)
+
+
+def save_initial_state(run_dir: str | Path, model: nn.Module) -> None:
+    """Write the model's weights as they are now (before training) as ``initial.safetensors``, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(Path(run_dir) / INITIAL_WEIGHTS_FILE, st_save(tensors))
+
+
+def load_initial_state(run_dir: str | Path, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The θ₀ kept in ``run_dir`` (None for victims trained before it was kept), checked against ``model``'s shapes.
+
+    Raises:
+        CheckpointError: a truncated file, or tensors that do not fit the model.
+    """
+    path = Path(run_dir) / INITIAL_WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_state_dict(expected, read_header(path), where=str(path), against="the victim's weights")
+    try:
+        tensors = st_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(f"{path} could not be read (truncated or corrupt?): {err}") from err
+    p = next(iter(model.state_dict().values()))
+    return {k: v.to(device=p.device, dtype=p.dtype) for k, v in tensors.items()}
 
 
 def load_checkpoint(
