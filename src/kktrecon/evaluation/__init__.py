@@ -10,6 +10,8 @@ What lives here (pure functions on tensors apart from the file-level pipeline):
 - ``scores.py``: SSIM (kornia, window 3) as the paper (min-max) and scale-aligned, PSNR, summaries.
 - ``verdict.py``: baselines a count is read against: the chance level of look-alike training images.
 - ``toy.py``: the 2-D toy's score: points with a candidate nearby, on and off the margin.
+- ``membership.py``: membership evidence: ROC of a per-image score over training vs held-out images
+  (TPR at 1 % and 0.1 % FPR, AUC), e.g. the residual outside the first layer's change.
 - ``outputs.py``: the victim's outputs and margins on its training samples.
 - ``candidates.py``: reading and pooling reconstruction directories of one victim.
 - ``pipeline.py``: :func:`evaluate_candidates` (in memory) and :func:`evaluate` (files in, metrics and
@@ -28,6 +30,7 @@ from __future__ import annotations
 from kktrecon.errors import VictimMismatchError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.matching import match_nearest, ncc_distance
+from kktrecon.evaluation.membership import membership_metrics, roc_auc, tpr_at_fpr
 from kktrecon.evaluation.oracle import oracle_score
 from kktrecon.evaluation.pipeline import (
     EvaluationConfig,
@@ -55,10 +58,13 @@ __all__ = [
     "evaluate_candidates",
     "load_candidates",
     "match_nearest",
+    "membership_metrics",
     "ncc_distance",
     "oracle_score",
+    "roc_auc",
     "score_candidates",
     "score_toy",
     "ssim_per_image",
+    "tpr_at_fpr",
     "write_evaluation",
 ]
