@@ -72,6 +72,11 @@ def reconstruct_batch(
         values = {repr(getattr(c, name)) for c in configs}
         if len(values) > 1:
             raise ConfigError(f"Expected the trials of a batch to share `{name}`. Got {sorted(values)}.")
+    if any(c.split is not None for c in configs):
+        raise ConfigError(
+            "Expected the trials of a batch to run without sample splitting (it changes a trial's candidate "
+            "count, which a batch shares). Run split trials one at a time with reconstruct()."
+        )
     dev, dtype = resolve_device(device), resolve_dtype(configs[0].dtype)
     s = setup(victim, configs[0], n_train=n_train, input_shape=input_shape, device=dev, dtype=dtype)
     net = GramNet.of(s.attack_model)

@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 
 from kktrecon.attack.objectives import get_objective
+from kktrecon.attack.splitting import SplitConfig
 from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int, check_number, is_int
+from kktrecon.configs import register_nested
 from kktrecon.devices import resolve_dtype
 from kktrecon.errors import ConfigError
 
@@ -38,6 +40,9 @@ class ReconstructionConfig:
         dtype: ``float32`` or ``float64``.
         checkpoint_every: iterations between checkpoints (0: never).
         log_every: iterations between points of the loss history.
+        split: sample splitting (:mod:`kktrecon.attack.splitting`): every ``split.every`` iterations,
+            candidates at a negative curvature of the loss split in two (m grows to ``split.budget``);
+            None: never (the reference). Runs one trial at a time.
     """
 
     objective: str | None = None
@@ -57,6 +62,7 @@ class ReconstructionConfig:
     dtype: str = "float32"
     checkpoint_every: int = 1000
     log_every: int = 100
+    split: SplitConfig | None = None
 
     def __post_init__(self) -> None:
         resolve_dtype(self.dtype)
@@ -75,6 +81,9 @@ class ReconstructionConfig:
         check_int("checkpoint_every", self.checkpoint_every, low=0)
         check_int("log_every", self.log_every, low=1)
         check_int("seed", self.seed)
+
+
+register_nested("ReconstructionConfig", "split", SplitConfig)
 
 
 @dataclass

@@ -28,8 +28,9 @@ from torch import nn
 
 from kktrecon.attack.config import ReconstructionConfig, ReconstructionResult
 from kktrecon.attack.gram_loss import GramNet, gram_loss
-from kktrecon.attack.loop import ATTACK_RUN, LossFn, Setup, Trial, initial_state, optimise, setup
+from kktrecon.attack.loop import ATTACK_RUN, AfterStep, LossFn, Setup, Trial, initial_state, optimise, setup
 from kktrecon.attack.objectives import Objective, get_objective
+from kktrecon.attack.splitting import as_split, split_candidates
 from kktrecon.attack.terms import TERMS, SingleInputs, weighted_total
 from kktrecon.attack.victim import VictimLike
 from kktrecon.devices import resolve_device, resolve_dtype
@@ -107,7 +108,8 @@ def reconstruct(
     if trial.result is not None:
         return trial.result
     trial.engine, loss = _engine(engine, s, trial)
-    optimise([trial], loss, config.iterations, label="reconstruct", progress=progress)
+    after = _splitter(s, config) if config.split is not None else None
+    optimise([trial], loss, config.iterations, label="reconstruct", progress=progress, after=after)
     if trial.diverged is not None:
         value, iteration = trial.diverged
         where = (
@@ -121,6 +123,34 @@ def reconstruct(
     trial.finish(s)
     assert trial.result is not None
     return trial.result
+
+
+def _splitter(s: Setup, config: ReconstructionConfig) -> AfterStep:
+    """The sample-splitting step (:mod:`kktrecon.attack.splitting`), every ``config.split.every`` iterations."""
+    split = config.split
+    assert split is not None
+    budget = split.budget if split.budget is not None else 2 * s.m
+
+    def after(trial: Trial, done: int) -> None:
+        if done % split.every:
+            return
+        st = trial.state
+        outcome = split_candidates(s.attack_model, s.objective, st.x, st.lam, st.y, split, budget=budget)
+        st.splits.append(
+            {"iteration": done, "split": outcome.split, "candidates": int(outcome.x.shape[0]),
+             "kkt_before": outcome.loss_before, "kkt_after": outcome.loss_after}
+        )  # fmt: skip
+        if outcome.split:
+            index = torch.tensor(outcome.split, device=st.x.device)
+            grown = outcome.lam.shape[0] / st.lam.shape[0]
+            momentum = {}
+            for key, opt, p in st._buffers():  # the copies move as their parent did; λ's momentum scales as λ
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    momentum[key] = as_split(buf, index, grown if key == "momentum_lam" else None)
+            st.replace(outcome.x, outcome.lam, outcome.y, momentum)
+
+    return after
 
 
 def _autograd(s: Setup, trial: Trial) -> LossFn:

@@ -146,6 +146,7 @@ class TrialState:
     history: list[dict[str, float]] = field(default_factory=list)
     elapsed: float = 0.0
     threads: int | None = None  # CPU threads it runs with: chosen once, kept on resume (bits depend on it)
+    splits: list[dict[str, Any]] = field(default_factory=list)  # sample-splitting steps taken (attack.splitting)
 
     @classmethod
     def start(cls, config: ReconstructionConfig, s: Setup) -> TrialState:
@@ -159,16 +160,27 @@ class TrialState:
         opt_l = torch.optim.SGD([lam], lr=config.lambda_lr, momentum=config.momentum)
         return cls(x, lam, y, gen, opt_x, opt_l)
 
+    def replace(self, x: Tensor, lam: Tensor, y: Tensor, momentum: dict[str, Tensor]) -> None:
+        """New candidates (another m, after a split): fresh leaves and optimisers, momentum where given."""
+        self.x, self.lam, self.y = x.detach().clone().requires_grad_(True), lam.detach().clone().requires_grad_(True), y
+        gx, gl = self.opt_x.param_groups[0], self.opt_l.param_groups[0]
+        self.opt_x = torch.optim.SGD([self.x], lr=gx["lr"], momentum=gx["momentum"])
+        self.opt_l = torch.optim.SGD([self.lam], lr=gl["lr"], momentum=gl["momentum"])
+        for key, opt, p in self._buffers():
+            if key in momentum:
+                opt.state[p]["momentum_buffer"] = momentum[key].to(device=p.device, dtype=p.dtype)
+
     def _buffers(self) -> tuple[tuple[str, torch.optim.Optimizer, Tensor], ...]:
         return (("momentum_x", self.opt_x, self.x), ("momentum_lam", self.opt_l, self.lam))
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
-        tensors = {"x": self.x, "lam": self.lam, "rng": self.gen.get_state()}
+        tensors = {"x": self.x, "lam": self.lam, "y": self.y, "rng": self.gen.get_state()}
         for key, opt, p in self._buffers():
             buf = opt.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 tensors[key] = buf
-        state = {"iteration": self.iteration, "history": self.history, "seconds": self.elapsed, "threads": self.threads}
+        state = {"iteration": self.iteration, "history": self.history, "seconds": self.elapsed, "threads": self.threads,
+                 "splits": self.splits}  # fmt: skip
         save_state(path, tensors, {**state, **meta})
 
     def restore(self, path: Path, meta: dict[str, Any], config: ReconstructionConfig) -> None:
@@ -183,20 +195,26 @@ class TrialState:
                 f"Cannot resume {path.parent} at {config.iterations} iterations: it has already run "
                 f"{saved['iteration']}. Ask for at least that many, or pass --force to start over."
             )
-        if tensors["x"].shape != self.x.shape:
+        grown = config.split is not None and "y" in tensors  # splitting changes m: the checkpoint's shapes rule
+        if tensors["x"].shape != self.x.shape and not grown:
             raise RunStateError(
                 f"Cannot resume {path}: it holds {tuple(tensors['x'].shape)} candidates, "
                 f"expected {tuple(self.x.shape)}."
             )
-        with torch.no_grad():
-            self.x.copy_(tensors["x"])
-            self.lam.copy_(tensors["lam"])
-        for key, opt, p in self._buffers():
-            if key in tensors:
-                opt.state[p]["momentum_buffer"] = tensors[key].to(device=p.device, dtype=p.dtype)
+        if grown:
+            y = tensors["y"].to(device=self.y.device, dtype=self.y.dtype)
+            self.replace(tensors["x"].to(self.x), tensors["lam"].to(self.lam), y, tensors)
+        else:
+            with torch.no_grad():
+                self.x.copy_(tensors["x"])
+                self.lam.copy_(tensors["lam"])
+            for key, opt, p in self._buffers():
+                if key in tensors:
+                    opt.state[p]["momentum_buffer"] = tensors[key].to(device=p.device, dtype=p.dtype)
         self.gen.set_state(tensors["rng"])
         self.iteration, self.history, self.elapsed = saved["iteration"], saved["history"], saved["seconds"]
         self.threads = saved.get("threads")
+        self.splits = saved.get("splits", [])
 
 
 @dataclass
@@ -249,7 +267,8 @@ class Trial:
             st.x.detach(), st.lam.detach(), st.y, st.history, self.out, st.elapsed, candidates
         )
         if self.out is not None:
-            _write_result(self.out, self.result, self.config, s, engine=self.engine, threads=st.threads)
+            _write_result(self.out, self.result, self.config, s, engine=self.engine, threads=st.threads,
+                          splits=st.splits)  # fmt: skip
 
 
 def _finished_as_asked(run: Run, config: ReconstructionConfig, meta: dict[str, Any]) -> bool:
@@ -264,11 +283,18 @@ def _finished_as_asked(run: Run, config: ReconstructionConfig, meta: dict[str, A
 LossFn = Callable[[list[Trial]], dict[str, Tensor]]
 
 
-def optimise(trials: list[Trial], loss: LossFn, iterations: int, *, label: str, progress: bool) -> None:
+#: Called after each iteration with a trial and the number of iterations it has done (e.g. a split step).
+AfterStep = Callable[[Trial, int], None]
+
+
+def optimise(
+    trials: list[Trial], loss: LossFn, iterations: int, *, label: str, progress: bool, after: AfterStep | None = None
+) -> None:
     """Advance trials that stand at the same iteration to ``iterations`` together.
 
-    Each trial checkpoints every ``checkpoint_every`` iterations of its config; a trial whose loss
-    becomes NaN/Inf stops (``diverged``, ``error``; its last checkpoint is kept) and the others carry on.
+    Each trial checkpoints every ``checkpoint_every`` iterations of its config (after ``after`` has run
+    for that iteration, so that a checkpoint holds what follows it); a trial whose loss becomes NaN/Inf
+    stops (``diverged``, ``error``; its last checkpoint is kept) and the others carry on.
     """
     live = list(trials)
     threads = _threads(live, loss)
@@ -282,6 +308,8 @@ def optimise(trials: list[Trial], loss: LossFn, iterations: int, *, label: str, 
                 return
             bar.advance(1)
             for t in live:
+                if after is not None:
+                    after(t, iteration + 1)
                 every = t.config.checkpoint_every
                 if every and (iteration + 1) % every == 0:
                     t.state.elapsed = time.perf_counter() - start
@@ -335,7 +363,7 @@ def _step(live: list[Trial], loss: LossFn, iteration: int, start: float, bar: An
 
 def _write_result(
     out_dir: Path, result: ReconstructionResult, config: ReconstructionConfig, s: Setup, *, engine: str,
-    threads: int | None,
+    threads: int | None, splits: list[dict[str, Any]],
 ) -> None:  # fmt: skip
     assert result.candidates is not None
     result.candidates.save(out_dir)
@@ -348,7 +376,7 @@ def _write_result(
             "objective": s.info["objective"],
             "victim": s.info,
             "config": config_to_dict(config),
-            "candidates": s.m,
+            "candidates": int(result.x.shape[0]),  # 2n by default; more after sample splitting
             "iterations": config.iterations,
             "device": str(s.device),
             "dtype": dtype_name(result.x.dtype),
@@ -360,6 +388,7 @@ def _write_result(
                 "ms_per_iteration": 1000 * result.seconds / max(config.iterations, 1),
             },
             "final_loss": last,
+            "splits": splits,
             "loss_history": result.history,
         },
     )
