@@ -37,3 +37,16 @@ def test_values_parse_by_the_fields_type() -> None:
     assert parse_value("x", "yes", bool) is True
     with pytest.raises(ConfigError, match="true or false"):
         parse_value("x", "maybe", bool)
+
+
+def test_an_optional_part_is_switched_on_by_its_fields_and_off_by_none() -> None:
+    from kktrecon.attack import ReconstructionConfig
+
+    on = with_settings(ReconstructionConfig(), {"split.every": "500", "split.steps": "0.1,0.01"})
+    assert on.split is not None and on.split.every == 500 and on.split.steps == (0.1, 0.01)
+    assert on.split.max_splits == type(on.split)().max_splits  # the rest keep their defaults
+    assert with_settings(on, {"split": "none"}).split is None
+    assert {"split", "split.every"} <= set(settable_names(ReconstructionConfig()))
+    with pytest.raises(ConfigError, match="`split` to be none"):
+        with_settings(on, {"split": "yes"})
+    assert config_from_dict(ReconstructionConfig, config_to_dict(on)) == on

@@ -163,6 +163,14 @@ def _apply(config: Any, values: Mapping[str, Any], *, prefix: str, kinds: Kinds,
     for name in dict.fromkeys(n.split(".")[0] for n in values):
         current = changes.get(name, getattr(config, name, None))
         nested = {k.partition(".")[2]: v for k, v in values.items() if k.startswith(name + ".")}
+        optional = _optional_config(hints.get(name))
+        if optional is not None and name in values and not nested:
+            changes[name] = parse_value(prefix + name, values[name], hints[name])  # only "none": switched off
+            if changes[name] is not None:
+                raise ConfigError(f"Expected `{prefix}{name}` to be none, or its fields set. Got {values[name]!r}.")
+            continue
+        if nested and current is None and optional is not None:
+            current = optional()  # an optional part switched on by setting one of its fields (split.every=…)
         if (
             name not in hints
             or (nested and not dataclasses.is_dataclass(current))
@@ -185,13 +193,26 @@ def settable_names(
     """Every settable dotted name of ``config``: its scalar fields, its kinds, and those of nested configs."""
     kinds = kinds or {}
     names = []
+    hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value, name = getattr(config, f.name), prefix + f.name
+        if (optional := _optional_config(hints.get(f.name))) is not None:
+            names.append(name)  # settable to none
+            value = value if value is not None else optional()
         if name in kinds or not dataclasses.is_dataclass(value):
             names.append(name)
         if dataclasses.is_dataclass(value):
             names += settable_names(value, kinds=kinds, fixed=fixed, prefix=name + ".")
     return [n for n in names if n not in fixed]
+
+
+def _optional_config(hint: Any) -> type | None:
+    """The config class of a ``Config | None`` field, or None."""
+    args = typing.get_args(hint)
+    if type(None) not in args:
+        return None
+    others = [a for a in args if a is not type(None)]
+    return others[0] if len(others) == 1 and dataclasses.is_dataclass(others[0]) else None
 
 
 def parse_value(name: str, text: str, hint: Any) -> Any:
