@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from kktrecon.devices import THREADS_ENV, cpu_threads, pick_threads, resolve_device, resolve_dtype
+from kktrecon.devices import THREADS_ENV, ThreadChoice, cpu_threads, pick_threads, resolve_device, resolve_dtype
 from kktrecon.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -53,3 +53,28 @@ def test_cpu_threads_restores_the_count_even_on_error() -> None:
         assert torch.get_num_threads() == 1
         raise RuntimeError
     assert torch.get_num_threads() == before
+
+
+def test_a_long_loop_re_times_its_threads_when_due(monkeypatch) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    default = torch.get_num_threads()
+    if default == 1:
+        pytest.skip("one CPU thread: nothing to choose")
+    now = {"t": 0.0}
+    neighbour = {"busy": False}  # a process that starts beside the loop makes the default count slow
+    step = lambda: time.sleep(0.004 if neighbour["busy"] and torch.get_num_threads() == default else 0.0)  # noqa: E731
+    with ThreadChoice(step, CPU, every_s=60.0, clock=lambda: now["t"]) as choice:
+        assert choice.current == default and torch.get_num_threads() == default
+        neighbour["busy"] = True
+        now["t"] = 30.0
+        choice.tick()
+        assert choice.current == default  # not due yet: no timing at all
+        now["t"] = 61.0
+        choice.tick()
+        assert choice.current == 1 and torch.get_num_threads() == 1 and choice.changes == [default, 1]
+    assert torch.get_num_threads() == default  # restored on exit
+    monkeypatch.setenv(THREADS_ENV, "1")
+    pinned = ThreadChoice(lambda: None, CPU, clock=lambda: now["t"])
+    now["t"] = 1e9
+    pinned.tick()
+    assert pinned.fixed and pinned.current == 1 and pinned.changes == [1]

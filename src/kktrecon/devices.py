@@ -16,7 +16,16 @@ import torch
 
 from kktrecon.errors import ConfigError
 
-__all__ = ["DTYPES", "THREADS_ENV", "cpu_threads", "dtype_name", "pick_threads", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DTYPES",
+    "THREADS_ENV",
+    "ThreadChoice",
+    "cpu_threads",
+    "dtype_name",
+    "pick_threads",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 #: Pins the CPU threads of kktrecon's long loops (an integer); unset or ``auto``: measured per run.
 THREADS_ENV = "KKTRECON_THREADS"
@@ -102,6 +111,54 @@ def pick_threads(step: Callable[[], object], device: torch.device, *, repeats: i
                 runs.append(time.perf_counter() - start)
         times[n] = min(runs)
     return 1 if times[1] < (1 - _CLEAR_WIN) * times[default] else default
+
+
+class ThreadChoice:
+    """The thread count of a long CPU loop, chosen at its start and again every ``every_s`` seconds.
+
+    A neighbour that starts or stops mid-run changes which count is faster (measured: an attack
+    with two threads slowed tenfold when two other processes started beside it), so the loop calls
+    :meth:`tick` once per step and the choice is re-timed when due. Use as a context manager: the
+    process's count is restored on exit. Off the CPU, or pinned by ``KKTRECON_THREADS``, it never
+    re-times. ``start`` is a count to begin with (a resumed run's), timed again only when due.
+    """
+
+    def __init__(
+        self,
+        step: Callable[[], object],
+        device: torch.device,
+        *,
+        every_s: float = 60.0,
+        start: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.step, self.device, self.every_s, self.clock = step, device, every_s, clock
+        self.fixed = device.type != "cpu" or _pinned_threads() is not None
+        self.current = start if start is not None else pick_threads(step, device)
+        if self.fixed:
+            self.current = None if device.type != "cpu" else _pinned_threads()
+        self.changes: list[int | None] = [self.current]
+        self._before = torch.get_num_threads()
+        self._due = clock() + every_s
+
+    def __enter__(self) -> ThreadChoice:
+        if self.current is not None:
+            torch.set_num_threads(self.current)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self._before)
+
+    def tick(self) -> None:
+        """Re-time the choice if it is due (a clock read otherwise)."""
+        if self.fixed or self.clock() < self._due:
+            return
+        torch.set_num_threads(self._before)  # time both counts from the process's default
+        self.current = pick_threads(self.step, self.device)
+        torch.set_num_threads(self.current)
+        if self.current != self.changes[-1]:
+            self.changes.append(self.current)
+        self._due = self.clock() + self.every_s
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from kktrecon.attack.victim import Victim, VictimLike
 from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int
 from kktrecon.configs import config_to_dict
-from kktrecon.devices import cpu_threads, dtype_name, pick_threads
+from kktrecon.devices import ThreadChoice, dtype_name
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError
 from kktrecon.files import (
     ATTACK_STATE_FILE,
@@ -145,7 +145,7 @@ class TrialState:
     iteration: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     elapsed: float = 0.0
-    threads: int | None = None  # CPU threads it runs with: chosen once, kept on resume (bits depend on it)
+    threads: int | None = None  # CPU threads it runs with now (devices.ThreadChoice; the last bits depend on it)
     splits: list[dict[str, Any]] = field(default_factory=list)  # sample-splitting steps taken (attack.splitting)
 
     @classmethod
@@ -301,12 +301,15 @@ def optimise(
     start = time.perf_counter() - max(t.state.elapsed for t in trials)
     first = trials[0].state.iteration
     postfix = len(trials) == 1
-    with cpu_threads(threads), progress_bar(label, total=iterations, enabled=progress, completed=first) as bar:
+    with threads, progress_bar(label, total=iterations, enabled=progress, completed=first) as bar:
         for iteration in range(first, iterations):
             live = _step(live, loss, iteration, start, bar if postfix else None)
             if not live:
                 return
             bar.advance(1)
+            threads.tick()
+            for t in live:
+                t.state.threads = threads.current
             for t in live:
                 if after is not None:
                     after(t, iteration + 1)
@@ -318,18 +321,18 @@ def optimise(
         t.state.elapsed = time.perf_counter() - start
 
 
-def _threads(trials: list[Trial], loss: LossFn) -> int | None:
-    """The CPU threads of a run: those it started with when resumed, else the faster here (devices.pick_threads)."""
+def _threads(trials: list[Trial], loss: LossFn) -> ThreadChoice:
+    """The CPU threads of a run (devices.ThreadChoice): a resumed run starts with those it had."""
     recorded = {t.state.threads for t in trials} - {None}
-    if len(recorded) == 1:
-        threads = recorded.pop()
-    else:
-        states = [t.state for t in trials]
-        params = [s.x for s in states] + [s.lam for s in states]
-        threads = pick_threads(lambda: torch.autograd.grad(loss(trials)["total"].sum(), params), params[0].device)
+    states = [t.state for t in trials]  # read at each call: a split step replaces a state's tensors
+    choice = ThreadChoice(
+        lambda: torch.autograd.grad(loss(trials)["total"].sum(), [s.x for s in states] + [s.lam for s in states]),
+        states[0].x.device,
+        start=recorded.pop() if len(recorded) == 1 else None,
+    )
     for t in trials:
-        t.state.threads = threads
-    return threads
+        t.state.threads = choice.current
+    return choice
 
 
 def _step(live: list[Trial], loss: LossFn, iteration: int, start: float, bar: Any) -> list[Trial]:
