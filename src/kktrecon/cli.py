@@ -555,13 +555,49 @@ def _num(value: Any) -> str:
     return "—" if value is None else f"{value:.3g}"
 
 
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5"`` -> (0.5, 0.5); a value that is no number is one line."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"Expected {option} as comma-separated numbers, e.g. 0.1307,0.3081. Got {text!r}."
+        ) from None
+
+
 @app.command()
 def audit(
     weights: Annotated[Path, typer.Option(help="The model's weights: a .safetensors file or a PyTorch state dict.")],
-    arch: Annotated[Path, typer.Option(help="JSON description of the model's nn.Sequential (see the README).")],
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="JSON description of the model's nn.Sequential (see the README), or your own factory "
+            "package.module:make_model (called without arguments, importable from here)."
+        ),
+    ],
     train_dir: Annotated[Path, typer.Option("--train", help="Training images: DIR/<class>/<image>.png, or an .npz.")],
     held_out: Annotated[
         Path | None, typer.Option(help="Held-out images of the same task, same form (strongly advised).")
+    ] = None,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="The model's weights before training (same forms as --weights): enables the owner's "
+            "attacks (first-layer unmixing) and membership evidence."
+        ),
+    ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="JSON of how it was trained: optimizer, lr, momentum, weight_decay, batch_size, steps."),
+    ] = None,
+    normalize: Annotated[
+        str | None,
+        typer.Option(
+            help="The torchvision Normalize after ToTensor, per channel: MEAN,…,STD,… (e.g. 0.1307,0.3081); "
+            "replaces --mean."
+        ),
     ] = None,
     budget: Annotated[str, typer.Option(help="Wall-time budget of the attack, e.g. 20m.")] = "15m",
     trials: Annotated[int | None, typer.Option(help="At most this many trials (default: until the budget).")] = None,
@@ -571,6 +607,9 @@ def audit(
     mean: Annotated[
         str, typer.Option(help="train: subtract the training images' mean (the reference); none.")
     ] = "train",
+    rank: Annotated[
+        int | None, typer.Option(help="The first layer's rank for the unmixing (default: read from its change).")
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Audit directory (audit.html inside).")] = Path(
         "kktrecon-audit"
     ),
@@ -581,8 +620,9 @@ def audit(
     """Audit your own model: which of its training images can be read back from its weights?
 
     Checks every input first (nothing is written on bad input), attacks the weights within the budget
-    without looking at the images (an oracle-free sweep), then compares the best candidates with
-    the training and held-out images and writes a self-contained audit.html.
+    without looking at the images (an oracle-free sweep) and, given --init-weights, unmixes the first
+    layer's change, then compares every family's candidates with the training and held-out images and
+    writes a self-contained audit.html (per family, and membership evidence when θ₀ is given).
     """
     from kktrecon.auditing import audit as run_audit
     from kktrecon.reporting.html import WEAK_POOL, weak_pool_note
@@ -590,9 +630,14 @@ def audit(
     with _errors():
         if held_out is None:
             err.print(_styled("warning:", "yellow", "no --held-out images: look-alikes cannot be told from leaks."))
+        if init_weights is None:
+            err.print(_styled("note:", "cyan", "no --init-weights: only the KKT attack runs. With the initial weights "
+                              "the first layer's change is an exact mixture of the training images (SGD), which the "
+                              "unmixing reads and which gives membership evidence."))  # fmt: skip
         result = run_audit(
-            weights=weights, arch=arch, train=train_dir, held_out=held_out, out=out_dir, budget_s=_duration(budget),
-            mean=mean, trials=trials, iterations=iterations, device=device, resume=resume, force=force,
+            weights=weights, arch=arch, train=train_dir, held_out=held_out, init_weights=init_weights, recipe=recipe,
+            out=out_dir, budget_s=_duration(budget), mean=mean, trials=trials, iterations=iterations,
+            normalize=_floats(normalize, "--normalize"), rank=rank, device=device, resume=resume, force=force,
         )  # fmt: skip
     if held_out is not None and result.metrics.get("held_out", {}).get("count", WEAK_POOL) < WEAK_POOL:
         err.print(_styled("warning:", "yellow", weak_pool_note(result.metrics)), highlight=False)
@@ -600,6 +645,21 @@ def audit(
     out.print(_styled(f"{len(result.recovered)} of {result.metrics['n_train']} training images recovered", "bold"))
     for name in result.recovered:
         out.print(f"  {name}", highlight=False)
+    for row in result.metrics.get("families", []):
+        text = (
+            f"ran: {row.get('candidates')} candidates, {row.get('n_recovered')} recovered alone"
+            if row["ran"]
+            else f"did not run: {row.get('why_not')}"
+        )
+        out.print(f"  {row['family']}: {text}", highlight=False)
+    member = result.metrics.get("membership")
+    if member:
+        at = member.get("tpr_at_fpr_0.01")
+        out.print(
+            f"membership: AUC {member['auc']:.3f}, TPR {_num(at)} at 1 % FPR, {member['tpr_at_zero_fpr']:.3f} "
+            f"above every held-out image (FPR < {member['lowest_resolvable_fpr']:.2g})",
+            highlight=False,
+        )
     out.print(f"report: {result.report.resolve()} · {result.seconds / 60:.1f} min", highlight=False)
 
 

@@ -377,6 +377,36 @@ def weak_pool_note(metrics: dict[str, Any]) -> str:
     )
 
 
+def _owner_sections(metrics: dict[str, Any]) -> list[str]:
+    """Per attack family (what ran, what it recovered alone, what could not run and why), and membership evidence."""
+    parts = ["<h2>Attack families</h2>"]
+    rows = []
+    for f in metrics.get("families") or []:
+        if f.get("ran"):
+            extra = f", rank {f['rank']} (drop {f['drop']:.3g}, decay {f['decay']:.6g})" if "rank" in f else ""
+            text = f"ran: {f.get('candidates')} candidates, {f.get('n_recovered')} recovered alone{extra}"
+        else:
+            text = f"did not run: {f.get('why_not')}"
+        rows.append(f"<tr><th>{_e(f.get('family'))}</th><td>{_e(text)}</td></tr>")
+    parts.append(f"<table>{''.join(rows)}</table>" if rows else "<p>(none recorded)</p>")
+    member = metrics.get("membership")
+    parts.append("<h2>Membership evidence</h2>")
+    if not member:
+        why = (
+            "needs the initial weights (--init-weights) and held-out images (--held-out)"
+            if not metrics.get("initial_weights_given") or not metrics.get("held_out_given")
+            else "the first layer is not dense"
+        )
+        parts.append(f"<p>{_e('Not computed: ' + why + '.')}</p>")
+        return parts
+    parts.append(
+        f"<p>{_e(str(member.get('score')))}: training images (members) against held-out images (non-members). "
+        "A false-positive rate below 1 / (held-out images) cannot be resolved and is shown as none.</p>"
+    )
+    parts.append(_kv_table(member))
+    return parts
+
+
 def write_audit_report(out: Path, metrics: dict[str, Any], files: dict[str, Path]) -> Path:
     """The audit's self-contained ``audit.html``: the headline, which files leaked, the attacker's view,
     the recovered pairs, recovery against the margin, the model's validity findings and the risk."""
@@ -398,6 +428,7 @@ def write_audit_report(out: Path, metrics: dict[str, Any], files: dict[str, Path
     parts.append("<h2>Recovered training images</h2>")
     listing = "".join(f"<li><code>{_e(f)}</code></li>" for f in recovered) or "<li>none</li>"
     parts.append(f"<ul>{listing}</ul>")
+    parts.extend(_owner_sections(metrics))
     parts.append("<h2>Figures</h2>")
     for name in (FIG_ATTACKER, FIG_PAIRS, FIG_SCATTER):
         if name in files and files[name].is_file():
@@ -415,7 +446,8 @@ def write_audit_report(out: Path, metrics: dict[str, Any], files: dict[str, Path
     parts.append("<h2>What raises or lowers the risk</h2>")
     parts.append(f"<p>{_e(RISK)}</p>")
     parts.append("<h2>Summary</h2>")
-    parts.append(_kv_table(metrics, skip=("recovered_files", "findings", "diagnosis", "files", "class_names")))
+    skip = ("recovered_files", "findings", "diagnosis", "files", "class_names", "families", "membership")
+    parts.append(_kv_table(metrics, skip=skip))
     target = out / "audit.html"
     atomic_write_text(target, _page("kktrecon privacy audit", parts))
     return target
