@@ -484,7 +484,7 @@ def _run_owner_families(
         )
     victim = inputs.victim
     cfg = {"rank": inputs.row_space.rank if config.rank or (victim.recipe or {}).get("optimizer") == "adam" else None}
-    done = resume and (out / "unmix" / "unmix.json").exists()
+    done = resume and (out / "unmix" / "unmix.state").exists()
     unmixed = run_attack("unmix", victim, out=out / "unmix", resume=done, progress=False, device="cpu", **cfg)
     return {"unmix": unmixed.to(dtype=torch.float64)}
 

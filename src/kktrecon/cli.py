@@ -340,24 +340,57 @@ def reconstruct(
     seed: Annotated[int | None, typer.Option(help="Initialisation seed.")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Iterations between checkpoints (0: never).")] = None,
     dtype: Dtype = None,
+    attack: Annotated[
+        str,
+        typer.Option(
+            help="Attack family: kkt (the weights alone), unmix (needs the run's initial weights); "
+            "other families take their settings by --set."
+        ),
+    ] = "kkt",
     settings: SetOption = None,
     device: Device = "auto",
     resume: Resume = False,
     force: Force = False,
 ) -> None:
-    """Run the KKT reconstruction attack on a victim's weights (it never reads training images)."""
+    """Run a reconstruction attack on a victim's weights (it never reads training images): the KKT attack, or
+    another registered family (--attack unmix reads the initial weights a run keeps)."""
     given = dict(locals())  # the options as passed; None: not given, the dataclass's default holds
-    from kktrecon.attack import reconstruct as run_attack
+    from kktrecon.attack import reconstruct as run_kkt
 
     with _errors():
+        if attack != "kkt":
+            _reconstruct_family(attack, run_dir, out_dir, given, settings, device=device, resume=resume, force=force)
+            return
         config = _configure(_RECONSTRUCT, _settings(_RECONSTRUCT, given, settings))
-        result = run_attack(run_dir, config, out=out_dir, device=device, resume=resume, force=force)
+        result = run_kkt(run_dir, config, out=out_dir, device=device, resume=resume, force=force)
     last = result.history[-1] if result.history else {}
     out.print(
         f"{result.x.shape[0]} candidates after {config.iterations} iterations in {result.seconds:.1f}s "
         f"(kkt {last.get('kkt', float('nan')):.4g}) → {out_dir}",
         highlight=False,
     )
+
+
+def _reconstruct_family(
+    name: str, run_dir: Path, out_dir: Path, given: dict[str, Any], items: list[str] | None, **options: Any
+) -> None:
+    """Another attack family on a run directory: its config from --set (and --iterations / --seed where it has them)."""
+    import dataclasses as dc
+
+    from kktrecon.attack import get_attack, run_attack
+    from kktrecon.configs import with_settings
+
+    family = get_attack(name)
+    fields = {f.name for f in dc.fields(family.config_type)}
+    values = {k: given[k] for k in ("iterations", "seed") if given.get(k) is not None and k in fields}
+    values.update(_settings(_Fields(root="", options={}), {}, items))
+    config = with_settings(family.config_type(), values)
+    candidates = run_attack(name, run_dir, config, out=out_dir, progress=True, **options)
+    source = candidates.sources[0]
+    extra = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in source.items() if k != "attack"
+    )
+    out.print(f"{len(candidates)} candidates from the {name!r} attack ({extra}) → {out_dir}", highlight=False)
 
 
 @app.command()

@@ -113,3 +113,26 @@ def test_without_initial_weights_the_family_is_refused_up_front() -> None:
 def test_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="min_drop"):
         UnmixConfig(min_drop=0.5)
+
+
+def test_reconstruct_attack_unmix_on_a_run_directory_recovers_its_images(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from kktrecon.cli import app
+    from kktrecon.data import SAMPLE_ROOT
+    from kktrecon.evaluation import evaluate
+
+    runner = CliRunner()
+    trained = runner.invoke(app, [
+        "train", "--n-per-class", "3", "--test-per-class", "20", "--hidden", "40", "--init", "pytorch",
+        "--batch-size", "2", "--momentum", "0.9", "--lr", "0.01", "--steps", "60", "--out", str(tmp_path / "v"),
+        "--data-root", str(SAMPLE_ROOT), "--device", "cpu",
+    ])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    rec = runner.invoke(app, ["reconstruct", str(tmp_path / "v"), "--attack", "unmix", "--out", str(tmp_path / "r"),
+                              "--device", "cpu"])  # fmt: skip
+    assert rec.exit_code == 0 and "rank 6" in rec.output, rec.output
+    metrics = evaluate(tmp_path / "r", data_root=SAMPLE_ROOT, draw=None).metrics
+    assert metrics["n_recovered"] >= 5  # of 6
+    unknown = runner.invoke(app, ["reconstruct", str(tmp_path / "v"), "--attack", "nope", "--out", str(tmp_path / "x")])
+    assert unknown.exit_code == 1 and "unmix" in unknown.output

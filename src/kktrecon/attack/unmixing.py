@@ -50,7 +50,14 @@ from kktrecon.checks import check_int, check_number
 from kktrecon.configs import config_to_dict
 from kktrecon.devices import resolve_dtype
 from kktrecon.errors import ConfigError, UnsupportedModelError
-from kktrecon.files import atomic_write_json, load_state, package_versions, save_state
+from kktrecon.files import (
+    CANDIDATES_FILE,
+    RECONSTRUCTION_FILE,
+    atomic_write_json,
+    load_state,
+    package_versions,
+    save_state,
+)
 from kktrecon.runs import RunKind, check_resumable, check_same_victim, open_run
 
 __all__ = [
@@ -445,7 +452,8 @@ class Unmixing(AttackFamily):
     config_type = UnmixConfig
     needs = ("initial_state",)
     description = "ICA of the first dense layer's change W₁ − W₁⁽⁰⁾ (bias-fixed scale, pixel box); needs θ₀"
-    kind = RunKind(manifest="unmix.json", state="unmix.state", outputs=("candidates.safetensors",), what="unmixing")
+    # Its manifest is a reconstruction's (``reconstruction.json``): ``kktrecon evaluate`` reads the directory as any.
+    kind = RunKind(manifest=RECONSTRUCTION_FILE, state="unmix.state", outputs=(CANDIDATES_FILE,), what="unmixing")
 
     def run(
         self,
@@ -499,7 +507,7 @@ class Unmixing(AttackFamily):
             out_ = model(x.to(device=p.device, dtype=p.dtype)).detach().cpu().to(dtype)
         y = torch.where(out_[:, 0] >= 0, 1.0, -1.0) if out_.shape[1] == 1 else out_.argmax(dim=1).to(dtype)
         lam = torch.ones(r, dtype=dtype)
-        source = {"attack": self.name, "iteration": done, "rank": r, "decay": space.decay, "drop": space.drop}
+        source = {"attack": self.name, "iteration": done, "rank": space.rank, "decay": space.decay, "drop": space.drop}
         candidates = CandidateSet.of(x.to(dtype), lam, y, victim=victim.describe(), **source)
         if run is not None:
             candidates.save(run.path)
