@@ -35,7 +35,9 @@ def write_folder(folder: Path, images: torch.Tensor, labels: list[int]) -> None:
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         target = folder / ("even" if label == 0 else "odd")
         target.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(img[0].numpy() * 255).astype(np.uint8)).save(target / f"{i:04d}.png")
+        pixels = np.round(img.numpy() * 255).astype(np.uint8)
+        picture = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)  # grey, or RGB for CIFAR-10
+        Image.fromarray(picture).save(target / f"{i:04d}.png")
 
 
 def users_model(

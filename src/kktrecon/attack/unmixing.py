@@ -76,6 +76,19 @@ class NoTrainingSignalError(UnsupportedModelError):
     """The initial weights do not explain the final ones as the theory requires (no change, or no rank drop)."""
 
 
+def _gradients(rows: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Each row (an image of ``shape``) as its horizontal and vertical differences, flattened."""
+    x = rows.reshape(len(rows), *shape)
+    if len(shape) != 3:
+        return rows
+    dx = (x[..., :, 1:] - x[..., :, :-1]).flatten(1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).flatten(1)
+    return torch.cat([dx, dy], dim=1)
+
+
+_CONTRASTS = {"pixels", "gradients"}
+
+
 @dataclass(frozen=True)
 class UnmixConfig:
     """How the first layer's change is unmixed into images.
@@ -88,6 +101,10 @@ class UnmixConfig:
         min_drop: the smallest ratio σ_r / σ_{r+1} accepted as the drop that marks the rank.
         decay: weight decay's factor γ on θ₀ (W₁ − γW₁⁽⁰⁾ is the mixture); None: 1 when the recipe has no
             weight decay, else fitted (the γ that leaves the least energy outside the top singular values).
+        contrast: what FastICA sees of each row-space direction: ``pixels`` (images as sources) or ``gradients``
+            (their horizontal and vertical differences: natural images are sparse there, not in pixels; the
+            difference is linear, so the unmixing found there unmixes the images themselves).
+        restarts: FastICA runs from this many seeds (``seed``, ``seed`` + 1, …), each adding r estimates.
         box_iterations: Dykstra iterations projecting each estimate onto row space ∩ pixel box (0: plain ICA).
         vertices: linear programmes over the polytope (each ICA estimate's direction, then anchors at seeded
             random inked pixels), as a multiple of the rank (0: none).
@@ -104,6 +121,8 @@ class UnmixConfig:
     rank: int | None = None
     min_drop: float = 30.0
     decay: float | None = None
+    contrast: str = "gradients"
+    restarts: int = 1
     box_iterations: int = 300
     vertices: float = 8.0
     anchor_weight: float = 200.0
@@ -122,6 +141,9 @@ class UnmixConfig:
         if self.decay is not None:
             check_number("decay", self.decay, low=0, low_open=True)
         check_int("box_iterations", self.box_iterations, low=0)
+        if self.contrast not in _CONTRASTS:
+            raise ConfigError(f"Expected `contrast` to be one of {sorted(_CONTRASTS)}. Got {self.contrast!r}.")
+        check_int("restarts", self.restarts, low=1)
         check_number("vertices", self.vertices, low=0)
         check_number("max_candidates", self.max_candidates, low=1)
         check_number("anchor_weight", self.anchor_weight, low=0)
@@ -471,7 +493,8 @@ class Unmixing(AttackFamily):
         space = row_space(victim, config)
         dtype = resolve_dtype(config.dtype)
         r = space.rank
-        whitening, z = _whiten(space.basis)
+        signals = _gradients(space.basis, victim.input_shape) if config.contrast == "gradients" else space.basis
+        whitening, z = _whiten(signals)
         gen = torch.Generator().manual_seed(config.seed)
         w = _decorrelate(torch.randn(r, r, generator=gen, dtype=dtype))
         done = 0
@@ -496,8 +519,12 @@ class Unmixing(AttackFamily):
             if run is not None:
                 meta = {"done": done, "converged": converged, "config": record, "victim": victim.describe()}
                 save_state(run.state, {"w": w}, meta)
-        sources = w @ whitening @ space.basis  # the unmixing applied to the uncentred row space
-        estimates = _project(_rescale(sources, space), space, config.box_iterations)
+        sources = [w @ whitening @ space.basis]  # the unmixing applied to the uncentred row space (not its contrast)
+        for extra in range(1, config.restarts):  # further seeds, run to the same length (not checkpointed)
+            g = torch.Generator().manual_seed(config.seed + extra)
+            more, _, _ = fastica(z, _decorrelate(torch.randn(r, r, generator=g, dtype=dtype)), done, tol=config.tol)
+            sources.append(more @ whitening @ space.basis)
+        estimates = _project(_rescale(torch.cat(sources), space), space, config.box_iterations)
         pixels = self._pool(estimates, space, config)
         r = len(pixels)
         x = victim.preprocessing.to_inputs(pixels.reshape(r, *victim.input_shape))
