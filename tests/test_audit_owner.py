@@ -97,6 +97,10 @@ def test_owners_audit_unmixes_every_image_and_separates_members(owner: Path, tmp
     assert saved["membership"]["auc"] == 1.0
     page = (tmp_path / "a" / "audit.html").read_text()
     assert "Membership evidence" in page and "Attack families" in page
+    from kktrecon.errors import RunStateError
+
+    with pytest.raises(RunStateError, match="another recipe"):  # a resumed audit reads the same θ₀ and recipe
+        _run(owner, tmp_path / "a", resume=True, recipe={"optimizer": "sgd", "lr": 0.5})
 
 
 def test_the_architecture_may_be_the_users_factory(owner: Path, tmp_path: Path, monkeypatch) -> None:

@@ -517,20 +517,37 @@ def _membership(inputs: _Inputs) -> dict[str, Any] | None:
     return membership_metrics(-train, -held, score="minus the relative residual outside the first layer's change")
 
 
+def _state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str | None:
+    """SHA-256 of a state dict as a safetensors file (None for none): which initial weights an audit read."""
+    if state is None:
+        return None
+    import hashlib
+
+    from safetensors.torch import save as st_save
+
+    return hashlib.sha256(st_save({k: v.detach().contiguous().cpu() for k, v in state.items()})).hexdigest()
+
+
 def _open(out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, force: bool) -> Run:
     """Create or reopen an audit directory (the shared lifecycle); ``force`` removes only the audit's own files."""
     record = {
         "format": "kktrecon.audit/1",
         "fingerprint": inputs.victim.fingerprint,
         "train_files": list(inputs.train.files),
+        "initial_weights": _state_fingerprint(inputs.victim.initial_state),
+        "recipe": inputs.victim.recipe,
         "config": config_to_dict(config),
         "versions": package_versions(),
     }
     run = open_run(out, AUDIT_RUN, force=force, resume=resume)
     if run.status != "new":
         saved = read_json(run.path / AUDIT_FILE)
-        if (saved.get("fingerprint"), saved.get("train_files")) != (record["fingerprint"], record["train_files"]):
-            raise RunStateError(f"Cannot resume {out}: it audits another model or other training images; --force.")
+        keys = ("fingerprint", "train_files", "initial_weights", "recipe")
+        if tuple(saved.get(k) for k in keys) != tuple(record[k] for k in keys):
+            raise RunStateError(
+                f"Cannot resume {out}: it audits another model, other training images, other initial weights or "
+                "another recipe; --force."
+            )
         check_resumable(saved.get("config", {}), record["config"], where=out, free=("budget_s",))
     atomic_write_json(run.path / AUDIT_FILE, record)
     return run
