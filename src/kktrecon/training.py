@@ -30,7 +30,7 @@ from kktrecon.attack.objectives import Objective, get_objective
 from kktrecon.checks import check_int, check_number
 from kktrecon.configs import config_from_dict, config_to_dict, register_choice, register_nested
 from kktrecon.data import DataConfig, Dataset, load_dataset
-from kktrecon.devices import cpu_threads, pick_threads, resolve_device, resolve_dtype
+from kktrecon.devices import ThreadChoice, resolve_device, resolve_dtype
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError, TrainingDivergedError
 from kktrecon.files import TRAIN_STATE_FILE, VICTIM_FILE, VICTIM_WEIGHTS_FILE, load_state, package_versions, save_state
 from kktrecon.models import ARCHITECTURES, MLPConfig, build_model, load_checkpoint, save_checkpoint
@@ -443,8 +443,8 @@ def _fit(
     needs_loss = config.schedule != "constant" or config.loss_threshold is not None
     n = len(data.x_train)
     batch = n if config.batch_size is None else min(config.batch_size, n)
-    threads = pick_threads(lambda: _probe_step(model, data, y_train, objective), data.x_train.device)
-    with cpu_threads(threads), progress_bar("train", total=config.steps, enabled=progress, completed=state.step) as bar:
+    threads = ThreadChoice(lambda: _probe_step(model, data, y_train, objective), data.x_train.device)
+    with threads, progress_bar("train", total=config.steps, enabled=progress, completed=state.step) as bar:
         while state.step < config.steps:
             rows = _minibatch(config, state.step, n, batch, data.x_train.device)
             full = rows is None
@@ -478,6 +478,7 @@ def _fit(
             opt.step()
             state.step += 1
             bar.advance(1)
+            threads.tick()
             if checkpoint is not None and config.checkpoint_every and state.step % config.checkpoint_every == 0:
                 state.elapsed = time.perf_counter() - start
                 _save_state(checkpoint, model, state, config, opt)
