@@ -29,3 +29,22 @@ def test_loss_history_needs_numbers() -> None:
     assert plot_loss_history([]) is None
     assert plot_loss_history([{"phase": "x"}]) is None
     assert plot_loss_history([{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]) is not None
+
+
+def test_the_law_is_drawn_per_group_on_a_log_axis_with_the_threshold() -> None:
+    import pytest
+
+    from kktrecon.errors import ConfigError
+    from kktrecon.reporting.figures import figure_png, plot_law
+
+    rows = [
+        {"capacity": {"ratio": r}, "n_recovered": k, "n": 20, "group": g, "label": f"{g} {r}"}
+        for r, k, g in [(0.25, 4, "MLP"), (114.0, 17, "MLP"), (0.4, 0, "CNN"), (21.0, 3, "CNN")]
+    ]
+    fig = plot_law(rows, title="law")
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and len(ax.get_lines()) == 3  # two groups and the p = d·n line
+    assert [list(line.get_ydata()) for line in ax.get_lines()[:2]] == [[0.2, 0.85], [0.0, 0.15]]
+    assert figure_png(fig)[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError):
+        plot_law([])

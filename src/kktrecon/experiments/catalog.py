@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from kktrecon.attack.config import ReconstructionConfig
 from kktrecon.attack.released import WINNERS, winner
 from kktrecon.data import DataConfig
 from kktrecon.demo import DemoConfig
@@ -73,6 +74,10 @@ _ARCHS = (
     ("biases in all layers", (1000, 1000), "all"),
 )
 _DECAY = (0.0, 1e-3, 1e-2)
+# The law of data reconstruction (Iurada et al. 2026): p/dn from 0.25 to 114 at MNIST n = 20 (d·n = 15,680).
+_LAW_MLP = (5, 20, 50, 100, 300, 1000)  # 784-w-w-1: p/dn 0.25, 1.03, 2.7, 5.7, 20.8, 113.9
+_LAW_CNN = (("16-32", (16, 32), ()), ("32-64", (32, 64), ()), ("32-64-h100", (32, 64), (100,)))  # 0.41, 1.4, 21
+_LAW_ATTACK = dict(iterations=12_000, checkpoint_every=1_000, log_every=100)
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment", ConfigError)
 for _exp in (
@@ -281,6 +286,44 @@ for _exp in (
             ),
         ),
         cpu_minutes=11.0,
+    ),
+    Experiment(
+        name="law",
+        title="The law of data reconstruction: recovered fraction against p/dn",
+        finding="The recovered fraction rises across p ≈ d·n (parameters against input dimension × training "
+        "images); CNNs stand on the same axis.",
+        figure="law",
+        cpu=tuple(
+            Cell(
+                f"mlp-{w}",
+                victim(model=MLPConfig(hidden=(w, w))),
+                ReconstructionConfig(**_LAW_ATTACK),
+                group="MLP 784-w-w-1",
+                label=f"w = {w}",
+            )
+            for w in _LAW_MLP
+        )
+        + tuple(
+            Cell(
+                f"cnn-{name}",
+                victim(model=CNNConfig(channels=channels, hidden=hidden)),
+                ReconstructionConfig(**_LAW_ATTACK),
+                group="CNN (strided 3×3 convs)",
+                label=name.replace("-h", " + "),
+            )
+            for name, channels, hidden in _LAW_CNN
+        ),
+        paper=tuple(
+            Cell(
+                f"mlp-{w}",
+                paper_victim(model=MLPConfig(hidden=(w, w))),
+                winner("mnist", 2, **_PAPER_ATTACK),
+                group="MLP 784-w-w-1",
+                label=f"w = {w}",
+            )
+            for w in (20, 100, 300, 1000, 3000)
+        ),
+        cpu_minutes=40.0,
     ),
 ):
     EXPERIMENTS.register(_exp.name, _exp)

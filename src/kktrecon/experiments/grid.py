@@ -62,7 +62,8 @@ class Experiment:
         title: one line.
         finding: the qualitative claim of the paper the experiment checks.
         figure: how the results are drawn: ``panels`` (Fig. 4: SSIM vs output per cell, shared axes),
-            ``pairs`` (Fig. 3: the reconstruction grids) or ``toy`` (Fig. 2).
+            ``pairs`` (Fig. 3: the reconstruction grids), ``toy`` (Fig. 2) or ``law`` (recovered fraction
+            against p/dn, one point per cell, coloured by ``group``).
         cpu: the cells at CPU scale (this machine, ≤ 45 min in all).
         paper: the cells at the paper's scale (a GPU).
         cpu_minutes: measured wall time of the CPU scale on the 2-core development machine (one thread,
@@ -84,8 +85,8 @@ class Experiment:
             names = [c.name for c in scale]
             if len(set(names)) != len(names):
                 raise ConfigError(f"Expected unique cell names in experiment {self.name!r}. Got {names}.")
-        if self.figure not in ("panels", "pairs", "toy"):
-            raise ConfigError(f"Expected `figure` to be panels, pairs or toy. Got {self.figure!r}.")
+        if self.figure not in ("panels", "pairs", "toy", "law"):
+            raise ConfigError(f"Expected `figure` to be panels, pairs, toy or law. Got {self.figure!r}.")
 
     def cells(self, scale: str) -> tuple[Cell, ...]:
         if scale not in ("cpu", "paper"):

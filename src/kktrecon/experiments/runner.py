@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kktrecon.attack.batched import reconstruct_batch
+from kktrecon.attack.capacity import capacity
 from kktrecon.attack.objectives import get_objective
 from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int
@@ -37,7 +38,7 @@ from kktrecon.files import (
 )
 from kktrecon.models import load_checkpoint
 from kktrecon.pipelines import evaluate
-from kktrecon.reporting.figures import FIG_PAIRS, FIG_TOY, figure_png, plot_panels
+from kktrecon.reporting.figures import FIG_PAIRS, FIG_TOY, figure_png, plot_law, plot_panels
 from kktrecon.runs import Run, RunKind, open_run
 from kktrecon.sweeps.selection import on_the_margin
 from kktrecon.training import train
@@ -168,6 +169,7 @@ def _run_cell(folder: Path, cell: Cell, data_root: Any, device: Any, progress: b
         "failed_restarts": sum(e is not None for e in errors),
         "train_error": victim.metrics["train_error"],
         "test_accuracy": victim.metrics.get("test_accuracy"),
+        "capacity": capacity(victim.model, tuple(victim.model.config.input_shape), m["n_train"]).to_dict(),
         **{k: m.get(k) for k in _ROW_METRICS},
         "seconds": {"train": trained - start, "attack": attacked - trained, "evaluate": time.perf_counter() - attacked},
         "evaluation": str(folder / "evaluation"),
@@ -252,8 +254,11 @@ def _write_results(out: Path, exp: Experiment, scale: str, rows: list[dict[str, 
         out / "results.json", {"experiment": exp.name, "scale": scale, "finding": exp.finding, "rows": rows}
     )
     files = [out / "results.md", out / "results.json"]
-    if exp.figure == "panels":
-        fig = plot_panels([Path(r["evaluation"]) for r in rows], [r["label"] for r in rows], title=exp.title)
+    if exp.figure in ("panels", "law"):
+        if exp.figure == "panels":
+            fig = plot_panels([Path(r["evaluation"]) for r in rows], [r["label"] for r in rows], title=exp.title)
+        else:
+            fig = plot_law(rows, title=exp.title)
         atomic_write_bytes(out / f"{exp.name}.png", figure_png(fig))
         files.append(out / f"{exp.name}.png")
     else:
@@ -311,6 +316,10 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
             "scale-aligned SSIM > 0.4. held-out look-alikes: training images whose nearest held-out test image already "
             "reaches aligned SSIM > 0.4, the baseline a raw SSIM count is read against."
         )
+    if exp.figure == "law":  # the axis the law is read on
+        head.insert(2, "p/dn")
+        for row, r in zip(body, rows, strict=True):
+            row.insert(2, f"{r['capacity']['ratio']:.3g}")
     lines = [f"# {exp.title} ({scale} scale)", "", exp.finding, "", "| " + " | ".join(head) + " |"]
     lines.append("|" + " --- |" * len(head))
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in body]

@@ -41,6 +41,7 @@ __all__ = [
     "FIG_TOY",
     "figure_png",
     "plot_attacker_view",
+    "plot_law",
     "plot_loss_history",
     "plot_pairs",
     "plot_panels",
@@ -264,6 +265,42 @@ def plot_panels(evaluations: list[Path], labels: list[str], *, title: str = "", 
             f"{title}\nringed: recovered (a candidate nearer to it than to any other training or held-out image, "
             "SSIM > 0.4) · dashed: SSIM 0.4",
             fontsize=_FONT + 1,
+        )
+    return fig
+
+
+def plot_law(rows: list[dict[str, Any]], *, title: str = "") -> Figure:
+    """Recovered fraction against p/dn (log scale), one point per victim, one colour per group.
+
+    Each row is an experiment cell's result (``capacity.ratio``, ``n_recovered``, ``n``, ``group``,
+    ``label``). The law of data reconstruction (Iurada et al. 2026) puts the transition at p ≈ d·n,
+    drawn as the vertical line.
+    """
+    if not rows:
+        raise ConfigError("Expected at least one result row to draw.")
+    fig = _figure(6.4, 4.0)
+    ax = fig.subplots()
+    groups = list(dict.fromkeys(r.get("group") or "" for r in rows))
+    for g, group in enumerate(groups):
+        mine = sorted((r for r in rows if (r.get("group") or "") == group), key=lambda r: r["capacity"]["ratio"])
+        ratio = [r["capacity"]["ratio"] for r in mine]
+        frac = [(r["n_recovered"] or 0) / r["n"] for r in mine]
+        ax.plot(ratio, frac, "o-", color=_class_colour(g), label=group or "victims", lw=1.2, ms=6)
+        for r, x, y in zip(mine, ratio, frac, strict=True):
+            ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 5), fontsize=_FONT - 2)
+    ax.axvline(1.0, color="0.3", ls="--", lw=0.9)
+    ax.text(1.05, 1.02, "p = d·n", fontsize=_FONT - 1, color="0.3", transform=ax.get_xaxis_transform())
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("p / dn (parameters ÷ input dimension × training images)", fontsize=_FONT)
+    ax.set_ylabel("fraction of the training set recovered", fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT - 1)
+    ax.grid(alpha=0.25, which="both")
+    ax.legend(fontsize=_FONT - 1, loc="upper left")
+    if title:
+        ax.set_title(
+            f"{title}\nrecovered: a candidate nearer to it than to any other training or held-out image, SSIM > 0.4",
+            fontsize=_FONT,
         )
     return fig
 
