@@ -143,11 +143,10 @@ def _splitter(s: Setup, config: ReconstructionConfig) -> AfterStep:
         if outcome.split:
             index = torch.tensor(outcome.split, device=st.x.device)
             grown = outcome.lam.shape[0] / st.lam.shape[0]
-            momentum = {}
-            for key, opt, p in st._buffers():  # the copies move as their parent did; λ's momentum scales as λ
-                buf = opt.state.get(p, {}).get("momentum_buffer")
-                if buf is not None:
-                    momentum[key] = as_split(buf, index, grown if key == "momentum_lam" else None)
+            momentum = {  # the copies move as their parent did; λ's momentum scales as λ does
+                key: as_split(buf, index, grown if key == "momentum_lam" else None)
+                for key, buf in st.momentum().items()
+            }
             st.replace(outcome.x, outcome.lam, outcome.y, momentum)
 
     return after

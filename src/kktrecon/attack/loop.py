@@ -173,12 +173,14 @@ class TrialState:
     def _buffers(self) -> tuple[tuple[str, torch.optim.Optimizer, Tensor], ...]:
         return (("momentum_x", self.opt_x, self.x), ("momentum_lam", self.opt_l, self.lam))
 
+    def momentum(self) -> dict[str, Tensor]:
+        """Both optimisers' momentum buffers (``momentum_x``, ``momentum_lam``), where they exist yet."""
+        buffers = {key: opt.state.get(p, {}).get("momentum_buffer") for key, opt, p in self._buffers()}
+        return {key: buf for key, buf in buffers.items() if buf is not None}
+
     def save(self, path: Path, meta: dict[str, Any]) -> None:
         tensors = {"x": self.x, "lam": self.lam, "y": self.y, "rng": self.gen.get_state()}
-        for key, opt, p in self._buffers():
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[key] = buf
+        tensors.update(self.momentum())
         state = {"iteration": self.iteration, "history": self.history, "seconds": self.elapsed, "threads": self.threads,
                  "splits": self.splits}  # fmt: skip
         save_state(path, tensors, {**state, **meta})
