@@ -117,3 +117,13 @@ def test_set_reaches_every_field_by_its_dotted_name_and_refuses_unknown_ones(tmp
     assert json.loads((rec / "reconstruction.json").read_text())["config"]["box"] == 0.5
     result = runner.invoke(app, [*common, "--set", "boxes=0.5", "--out", str(tmp_path / "y")])
     assert result.exit_code == 1 and "'log_every'" in _text(result)
+
+
+def test_a_cnn_victim_takes_its_pooling_from_the_command_line(tmp_path) -> None:
+    args = ["train", "--model", "cnn", "--channels", "2", "--stride", "1", "--pool", "max", "--n-per-class", "2",
+            "--test-per-class", "2", "--steps", "2", "--device", "cpu", "--data-root", str(SAMPLE_ROOT)]  # fmt: skip
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "v" / "model.json").read_text())["model"]["pool"] == "max"
+    result = runner.invoke(app, ["train", "--pool", "max", "--steps", "2", "--out", str(tmp_path / "mlp")])
+    assert result.exit_code != 0 and "model.pool" in result.output  # an MLP has no pooling

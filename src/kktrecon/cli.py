@@ -199,7 +199,7 @@ _TRAIN = _Fields(
     root="kktrecon.training:TrainConfig",
     options={
         **{k: f"data.{k}" for k in ("dataset", "task", "n_per_class", "test_per_class")},
-        **{k: f"model.{k}" for k in ("hidden", "channels", "kernel_size", "stride", "bias", "init_scale")},
+        **{k: f"model.{k}" for k in ("hidden", "channels", "kernel_size", "stride", "pool", "bias", "init_scale")},
         **{k: k for k in ("model", "weight_decay", "lr", "steps", "loss_threshold", "schedule", "seed", "dtype")},
         **{k: k for k in ("checkpoint_every", "init", "optimizer", "momentum", "batch_size")},
     },
@@ -229,6 +229,9 @@ def train(
     channels: Annotated[str | None, typer.Option(help="cnn: convolution channels, comma-separated.")] = None,
     kernel_size: Annotated[int | None, typer.Option(help="cnn: convolution kernel size.")] = None,
     stride: Annotated[int | None, typer.Option(help="cnn: convolution stride.")] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="cnn: none, max or avg pooling after each convolution (--set model.pool_size).")
+    ] = None,
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 weight decay of gradient descent (0: the paper).")
     ] = None,
