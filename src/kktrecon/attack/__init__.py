@@ -9,6 +9,8 @@ What lives here:
 - ``victim.py``: :class:`Victim`, the model under attack and what is known about it (every stage's one victim).
 - ``families.py``: the registry of attack families (the KKT attack first), each a victim and a config in
   and a :class:`~kktrecon.candidates.CandidateSet` out.
+- ``unmixing.py``: the owner's family ``unmix``: the first dense layer's change W₁ − W₁⁽⁰⁾ spans the training
+  images (SGD); its row space, rank and an unmixing into images (needs the initial weights).
 - ``config.py``, ``terms.py``, ``gram.py``: the KKT family's config, its loss as a list of terms, and the
   per-layer Gram rules that let K trials advance as one program.
 - ``loop.py``: the one optimisation loop and the life of a trial (open, resume, checkpoint, finish).
@@ -21,6 +23,7 @@ who holds the weights and nothing else.
 
 from __future__ import annotations
 
+from kktrecon.attack import unmixing as _unmixing  # noqa: F401  (registers the owner's family `unmix`)
 from kktrecon.attack.engine import ReconstructionConfig, ReconstructionResult, attack_loss, initial_state, reconstruct
 from kktrecon.attack.families import ATTACKS, AttackFamily, get_attack, register_attack, run_attack
 from kktrecon.attack.gram import GRAM_RULES, GramRule, register_gram_rule

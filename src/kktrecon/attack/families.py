@@ -116,7 +116,3 @@ class KKTAttack(AttackFamily):
         result = reconstruct(victim, config, **kwargs)
         assert result.candidates is not None
         return result.candidates
-
-
-# The owner's families (initial weights and recipe), registered on import; at the end: they subclass AttackFamily.
-from kktrecon.attack import unmixing as _unmixing  # noqa: E402, F401
