@@ -289,14 +289,14 @@ def plot_law(rows: list[dict[str, Any]], *, title: str = "") -> Figure:
         for r, x, y in zip(mine, ratio, frac, strict=True):
             ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 5), fontsize=_FONT - 2)
     ax.axvline(1.0, color="0.3", ls="--", lw=0.9)
-    ax.text(1.05, 1.02, "p = d·n", fontsize=_FONT - 1, color="0.3", transform=ax.get_xaxis_transform())
+    ax.text(1.06, 0.97, "p = d·n", fontsize=_FONT - 1, color="0.3", va="top", transform=ax.get_xaxis_transform())
     ax.set_xscale("log")
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("p / dn (parameters ÷ input dimension × training images)", fontsize=_FONT)
     ax.set_ylabel("fraction of the training set recovered", fontsize=_FONT)
     ax.tick_params(labelsize=_FONT - 1)
     ax.grid(alpha=0.25, which="both")
-    ax.legend(fontsize=_FONT - 1, loc="upper left")
+    ax.legend(fontsize=_FONT - 1, loc="center right")
     if title:
         ax.set_title(
             f"{title}\nrecovered: a candidate nearer to it than to any other training or held-out image, SSIM > 0.4",
