@@ -666,10 +666,6 @@ def audit(
     with _errors():
         if held_out is None:
             err.print(_styled("warning:", "yellow", "no --held-out images: look-alikes cannot be told from leaks."))
-        if init_weights is None:
-            err.print(_styled("note:", "cyan", "no --init-weights: only the KKT attack runs. With the initial weights "
-                              "the first layer's change is an exact mixture of the training images (SGD), which the "
-                              "unmixing reads and which gives membership evidence."))  # fmt: skip
         result = run_audit(
             weights=weights, arch=arch, train=train_dir, held_out=held_out, init_weights=init_weights, recipe=recipe,
             out=out_dir, budget_s=_duration(budget), mean=mean, trials=trials, iterations=iterations,
@@ -697,6 +693,10 @@ def audit(
             highlight=False,
         )
     out.print(f"report: {result.report.resolve()} · {result.seconds / 60:.1f} min", highlight=False)
+    if init_weights is None:  # said after the audit: a refused input stays one line
+        err.print(_styled("note:", "cyan", "no --init-weights: only the KKT attack ran. With the initial weights "
+                          "the first layer's change is an exact mixture of the training images (SGD), which the "
+                          "unmixing reads and which gives membership evidence."))  # fmt: skip
 
 
 @app.command()
