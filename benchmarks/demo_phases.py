@@ -1,13 +1,13 @@
 """Where the demo's time goes: train / attack / evaluate, ms per attack iteration against the GEMM floor.
 
-Runs ``kktrecon.demo`` from scratch at each seed, alone and (``--compete``) beside one competing
+Runs ``kktrecon.demo`` from scratch at each seed, alone and (``--loads busy``) beside one competing
 CPU-bound process (a busy Python loop, the kind of neighbour a shared CI machine has), and reads
 the phases from the demo's record: the estimate it printed, the measured total, train, attack and
 evaluate+report, the attack's ms/iteration, the CPU threads the attack chose
-(:func:`kktrecon.devices.pick_threads`) and the verdict's count. The floor is the attack's six
+(:class:`kktrecon.devices.ThreadChoice`) and the verdict's count. The floor is the attack's six
 forward-GEMM passes over the m candidates at the GEMM rate measured here for the same shapes.
 
-    python benchmarks/demo_phases.py [--seeds 0,1,2] [--compete] [--out benchmarks/results/demo_phases.json]
+    python benchmarks/demo_phases.py [--seeds 0,1,2] [--loads alone,busy] [--out benchmarks/results/demo_phases.json]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _row(r: dict, floor: float, n: int) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--compete", action="store_true", help="also run beside one busy CPU-bound process")
+    parser.add_argument("--loads", default="alone", help="alone, busy (beside one busy CPU-bound process) or both")
     parser.add_argument("--out", default="benchmarks/results/demo_phases.json")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -78,9 +78,11 @@ def main() -> None:
     m = 2 * 2 * config.victim.data.n_per_class
     floor = gemm_floor_ms([784, *config.victim.model.hidden, 1], m)
     rows = []
-    for load in ["alone", "beside one busy process"][: 2 if args.compete else 1]:
+    for load in args.loads.split(","):
+        if load not in ("alone", "busy"):
+            parser.error(f"--loads: expected alone and/or busy, got {load!r}")
         neighbour = None
-        if load != "alone":
+        if load == "busy":
             neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
             for seed in seeds:

@@ -31,6 +31,8 @@ __all__ = [
 THREADS_ENV = "KKTRECON_THREADS"
 #: How much faster (relative) fewer threads must be to be chosen over torch's default.
 _CLEAR_WIN = 0.2
+#: Each timed block repeats the step for at least this long.
+_BLOCK_S = 0.02
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -90,8 +92,9 @@ def pick_threads(step: Callable[[], object], device: torch.device, *, repeats: i
     torch's default (one thread per core) is fastest on an idle machine, but beside another
     CPU-bound process its threads wait on each other at every parallel region: on a 2-core machine
     an attack iteration took 37 ms with two threads and 9 ms with one (6 ms alone with two;
-    benchmarks/demo_phases.py). So time ``step`` (the least disturbed of ``repeats`` runs, after a
-    warm-up) with the default and with one thread, and take one only if it is clearly faster.
+    benchmarks/NOTES.md). So time ``step`` with the default and with one thread (the median of
+    ``repeats`` blocks of ≥ 20 ms, after a warm-up: a training step of 2 ms timed alone, and its best
+    of three, missed the neighbour), and take one only if it is clearly faster.
     ``KKTRECON_THREADS`` pins the count instead (results are bit-reproducible for a fixed count).
     """
     if device.type != "cpu":
@@ -105,11 +108,13 @@ def pick_threads(step: Callable[[], object], device: torch.device, *, repeats: i
         with cpu_threads(n):
             step()
             runs = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                step()
-                runs.append(time.perf_counter() - start)
-        times[n] = min(runs)
+            for _ in range(repeats):  # blocks of ≥ 20 ms: a short step alone can miss a neighbour's slices
+                start, calls = time.perf_counter(), 0
+                while calls == 0 or time.perf_counter() - start < _BLOCK_S:
+                    step()
+                    calls += 1
+                runs.append((time.perf_counter() - start) / calls)
+        times[n] = sorted(runs)[len(runs) // 2]  # the median: sustained load, not the luckiest block
     return 1 if times[1] < (1 - _CLEAR_WIN) * times[default] else default
 
 
