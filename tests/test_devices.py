@@ -33,7 +33,7 @@ def test_one_thread_is_taken_only_where_it_is_clearly_faster(monkeypatch) -> Non
         pytest.skip("one CPU thread: nothing to choose")
     assert pick_threads(_step_slower_with(default), CPU) == 1  # the shared-machine case
     assert pick_threads(_step_slower_with(1), CPU) == default
-    assert pick_threads(lambda: None, CPU) == default  # a tie keeps torch's default
+    assert pick_threads(lambda: time.sleep(0.001), CPU) == default  # a tie keeps torch's default
     assert torch.get_num_threads() == default  # probing leaves the process as it found it
     assert pick_threads(lambda: None, torch.device("meta")) is None  # off the CPU: untouched
 
@@ -62,7 +62,7 @@ def test_a_long_loop_re_times_its_threads_when_due(monkeypatch) -> None:
         pytest.skip("one CPU thread: nothing to choose")
     now = {"t": 0.0}
     neighbour = {"busy": False}  # a process that starts beside the loop makes the default count slow
-    step = lambda: time.sleep(0.004 if neighbour["busy"] and torch.get_num_threads() == default else 0.0)  # noqa: E731
+    step = lambda: time.sleep(0.005 if neighbour["busy"] and torch.get_num_threads() == default else 0.001)  # noqa: E731
     with ThreadChoice(step, CPU, every_s=60.0, clock=lambda: now["t"]) as choice:
         assert choice.current == default and torch.get_num_threads() == default
         neighbour["busy"] = True
@@ -78,3 +78,11 @@ def test_a_long_loop_re_times_its_threads_when_due(monkeypatch) -> None:
     now["t"] = 1e9
     pinned.tick()
     assert pinned.fixed and pinned.current == 1 and pinned.changes == [1]
+
+
+def test_a_step_is_timed_per_call_over_blocks() -> None:
+    from kktrecon.devices import step_seconds
+
+    calls = []
+    seconds = step_seconds(lambda: (calls.append(1), time.sleep(0.002)), repeats=3)
+    assert 0.0019 < seconds < 0.01 and len(calls) > 3 * 5  # blocks of ≥ 20 ms, not single calls

@@ -22,7 +22,7 @@ from rich.text import Text
 from kktrecon.attack import ReconstructionConfig, reconstruct
 from kktrecon.configs import config_from_dict, config_to_dict
 from kktrecon.data import SAMPLE_ROOT, DataConfig
-from kktrecon.devices import cpu_threads, pick_threads, resolve_dtype
+from kktrecon.devices import cpu_threads, pick_threads, resolve_dtype, step_seconds
 from kktrecon.errors import RunStateError
 from kktrecon.files import REPORT_FILE, atomic_write_json, read_json
 from kktrecon.models import MLPConfig, build_model
@@ -134,9 +134,8 @@ def estimate_seconds(config: DemoConfig, *, probe_steps: int = 3) -> dict[str, f
         torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y).backward()
         opt.step()
 
-    threads = pick_threads(train_step, cpu)
-    with cpu_threads(threads):
-        step_s = _least_disturbed(train_step, probe_steps)
+    with cpu_threads(pick_threads(train_step, cpu)):
+        step_s = step_seconds(train_step, repeats=probe_steps)
 
     # One short run, timed from its own history: the engine, its thread choice and setting up as in the demo.
     probe = 4 + 8 * probe_steps
@@ -148,17 +147,6 @@ def estimate_seconds(config: DemoConfig, *, probe_steps: int = 3) -> dict[str, f
         "reconstruct": config.attack.iterations * per_iteration,
         "evaluate_and_report": 0.0 if config.toy else EVALUATE_S,
     }
-
-
-def _least_disturbed(fn: Any, repeats: int) -> float:
-    """The shortest of ``repeats`` timed calls after a warm-up: other load on the machine comes and goes."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def probe_trial_iteration_ms(m: int = 40, k: int = 4, iterations: int = 3) -> float:

@@ -25,6 +25,7 @@ __all__ = [
     "pick_threads",
     "resolve_device",
     "resolve_dtype",
+    "step_seconds",
 ]
 
 #: Pins the CPU threads of kktrecon's long loops (an integer); unset or ``auto``: measured per run.
@@ -106,16 +107,22 @@ def pick_threads(step: Callable[[], object], device: torch.device, *, repeats: i
     times = {}
     for n in (default, 1):
         with cpu_threads(n):
-            step()
-            runs = []
-            for _ in range(repeats):  # blocks of ≥ 20 ms: a short step alone can miss a neighbour's slices
-                start, calls = time.perf_counter(), 0
-                while calls == 0 or time.perf_counter() - start < _BLOCK_S:
-                    step()
-                    calls += 1
-                runs.append((time.perf_counter() - start) / calls)
-        times[n] = sorted(runs)[len(runs) // 2]  # the median: sustained load, not the luckiest block
+            times[n] = step_seconds(step, repeats=repeats)
     return 1 if times[1] < (1 - _CLEAR_WIN) * times[default] else default
+
+
+def step_seconds(step: Callable[[], object], *, repeats: int = 3) -> float:
+    """Seconds per call of ``step`` under the machine's load now: after a warm-up, the median over
+    ``repeats`` blocks of ≥ 20 ms (a short step timed alone, or the luckiest block, misses a neighbour)."""
+    step()
+    runs = []
+    for _ in range(repeats):
+        start, calls = time.perf_counter(), 0
+        while calls == 0 or time.perf_counter() - start < _BLOCK_S:
+            step()
+            calls += 1
+        runs.append((time.perf_counter() - start) / calls)
+    return sorted(runs)[len(runs) // 2]
 
 
 class ThreadChoice:
