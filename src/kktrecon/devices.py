@@ -146,9 +146,8 @@ class ThreadChoice:
     ) -> None:
         self.step, self.device, self.every_s, self.clock = step, device, every_s, clock
         self.fixed = device.type != "cpu" or _pinned_threads() is not None
-        self.current = start if start is not None else pick_threads(step, device)
-        if self.fixed:
-            self.current = None if device.type != "cpu" else _pinned_threads()
+        # pick_threads answers at once where the count is fixed: None off the CPU, else the pinned count
+        self.current = pick_threads(step, device) if self.fixed or start is None else start
         self.changes: list[int | None] = [self.current]
         self._before = torch.get_num_threads()
         self._due = clock() + every_s

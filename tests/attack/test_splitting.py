@@ -10,6 +10,7 @@ from torch import nn
 
 from kktrecon.attack import ReconstructionConfig, get_objective, loop, reconstruct
 from kktrecon.attack.batched import reconstruct_batch
+from kktrecon.attack.kkt import stationarity_residual
 from kktrecon.attack.splitting import SplitConfig, smallest_curvature, split_candidates
 from kktrecon.errors import ConfigError
 from kktrecon.models import ModelConfig, build_model, save_checkpoint, with_modified_relu
@@ -18,10 +19,8 @@ BINARY = get_objective("binary")
 
 
 def _kkt(model: nn.Module, x: torch.Tensor, lam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    params = list(model.parameters())
     with torch.enable_grad():
-        grads = torch.autograd.grad(BINARY.kkt_sum(model(x), lam, y), params, create_graph=True)
-    return sum(((p.detach() - g) ** 2).sum() for p, g in zip(params, grads, strict=True))
+        return stationarity_residual(model, BINARY.kkt_sum(model(x), lam, y), create_graph=True)
 
 
 def _value(*args: torch.Tensor | nn.Module) -> float:

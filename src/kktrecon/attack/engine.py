@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,21 +164,18 @@ def _autograd(s: Setup, trial: Trial) -> LossFn:
     return loss
 
 
-def _gram(s: Setup, trial: Trial) -> LossFn | None:
-    """The Gram form (:mod:`kktrecon.attack.gram_loss`), or None for a victim with a layer it has no rule for."""
-    net = GramNet.of(s.attack_model)
-    return gram_loss(net, s.objective, [trial]) if net is not None else None
-
-
 #: ``torch.compile`` options of the ``compiled`` engine, per device type (CUDA graphs on a GPU).
 COMPILE_OPTIONS: dict[str, dict[str, Any]] = {"cuda": {"mode": "reduce-overhead"}, "cpu": {}}
 
 
-def _compiled(s: Setup, trial: Trial) -> LossFn | None:
-    """The Gram form through ``torch.compile``: for GPUs, where an iteration is bound by kernel launches."""
+def _gram(s: Setup, trial: Trial, *, compiled: bool = False) -> LossFn | None:
+    """The Gram form (:mod:`kktrecon.attack.gram_loss`), through ``torch.compile`` if ``compiled`` (for GPUs,
+    where an iteration is bound by kernel launches); None for a victim with a layer it has no rule for."""
     net = GramNet.of(s.attack_model)
-    options = COMPILE_OPTIONS.get(s.device.type, {})
-    return gram_loss(net, s.objective, [trial], compile_options=options) if net is not None else None
+    if net is None:
+        return None
+    options = COMPILE_OPTIONS.get(s.device.type, {}) if compiled else None
+    return gram_loss(net, s.objective, [trial], compile_options=options)
 
 
 @dataclass(frozen=True)
@@ -193,7 +191,9 @@ class Engine:
 ENGINES: dict[str, Engine] = {
     "gram": Engine(_gram, True, "exact Gram form, Linear/ReLU victims; ≈ 2× faster than autograd on a CPU"),
     "autograd": Engine(_autograd, True, "double backward through the victim; any homogeneous network"),
-    "compiled": Engine(_compiled, False, "the Gram form through torch.compile (CUDA graphs on a GPU); compiles first"),
+    "compiled": Engine(
+        partial(_gram, compiled=True), False, "Gram form through torch.compile (CUDA graphs on a GPU), compiled first"
+    ),
 }
 
 

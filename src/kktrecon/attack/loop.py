@@ -311,16 +311,14 @@ def optimise(
             bar.advance(1)
             threads.tick()
             for t in live:
-                t.state.threads = threads.current
-            for t in live:
                 if after is not None:
                     after(t, iteration + 1)
                 every = t.config.checkpoint_every
                 if every and (iteration + 1) % every == 0:
-                    t.state.elapsed = time.perf_counter() - start
+                    t.state.elapsed, t.state.threads = time.perf_counter() - start, threads.current
                     t.save()
     for t in live:
-        t.state.elapsed = time.perf_counter() - start
+        t.state.elapsed, t.state.threads = time.perf_counter() - start, threads.current
 
 
 def _threads(trials: list[Trial], loss: LossFn) -> ThreadChoice:
@@ -332,8 +330,6 @@ def _threads(trials: list[Trial], loss: LossFn) -> ThreadChoice:
         states[0].x.device,
         start=recorded.pop() if len(recorded) == 1 else None,
     )
-    for t in trials:
-        t.state.threads = choice.current
     return choice
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kktrecon.attack.kkt import stationarity_residual
 from kktrecon.attack.objectives import Objective
 from kktrecon.checks import check_int, check_number
 
@@ -82,10 +83,8 @@ class SplitOutcome:
 
 def _kkt_loss(model: nn.Module, objective: Objective, x: Tensor, lam: Tensor, y: Tensor) -> Tensor:
     """The attack's stationarity term ‖θ − ∇θS‖² (S = kkt_sum, normalised by the current m)."""
-    params = list(model.parameters())
     with torch.enable_grad():
-        grads = torch.autograd.grad(objective.kkt_sum(model(x), lam, y), params)
-    return sum(((p.detach() - g) ** 2).sum() for p, g in zip(params, grads, strict=True))
+        return stationarity_residual(model, objective.kkt_sum(model(x), lam, y), create_graph=False)
 
 
 def smallest_curvature(
