@@ -6,6 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kktrecon.experiments.catalog import victim as recipe
+from kktrecon.models import MLPConfig
+
+#: The dev-measured victims (784/3072-1000-1000-1, the reference recipe, 10⁴ steps): name → (data set, recipe).
+VICTIMS = {
+    "mnist50": ("mnist", recipe(per_class=25)),
+    "cifar20": ("cifar10", recipe("cifar10", "vehicles-animals")),
+    "mnist20-all": ("mnist", recipe(model=MLPConfig(bias="all"))),
+    "mnist20": ("mnist", recipe()),
+}
+
 
 def run_meta(device: Any) -> dict[str, Any]:
     """Where a benchmark ran: the device, its name, the CPU threads and the package versions."""

@@ -28,21 +28,13 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from _common import print_table, write_json
+from _common import VICTIMS, print_table, write_json
 from kktrecon.attack import reconstruct
 from kktrecon.attack.released import winner
-from kktrecon.experiments.catalog import victim as recipe
 from kktrecon.files import read_json
 from kktrecon.pipelines import evaluate
 from kktrecon.sweeps import sweep
 from kktrecon.training import train
-
-VICTIMS = {
-    "mnist50": ("mnist", recipe(per_class=25)),
-    "cifar20": ("cifar10", recipe("cifar10", "vehicles-animals")),
-    "mnist20-all": ("mnist", recipe(bias="all")),
-    "mnist20": ("mnist", recipe()),
-}
 
 
 def oracle_per_trial(rows: list[dict], data_root: Path) -> tuple[list[float], list[int]]:

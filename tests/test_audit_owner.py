@@ -90,7 +90,8 @@ def test_owners_audit_unmixes_every_image_and_separates_members(owner: Path, tmp
     families = {f["family"]: f for f in result.metrics["families"]}
     assert families["unmix"]["ran"] and families["unmix"]["rank"] == 10
     assert families["unmix"]["n_recovered"] >= 7 and len(result.recovered) >= 7  # of 10 (measured: 8)
-    assert families["kkt"]["ran"] and not families["delta-theta"]["ran"]
+    assert families["kkt"]["ran"] and not families["simulate"]["ran"]
+    assert "unmixed exactly" in families["simulate"]["why_not"]  # a dense first layer needs no simulation
     member = result.metrics["membership"]
     assert member["auc"] == 1.0 and member["tpr_at_fpr_0.01"] == 1.0 and member["tpr_at_zero_fpr"] == 1.0
     saved = json.loads((tmp_path / "a" / "audit.json").read_text())["metrics"]

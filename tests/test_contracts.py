@@ -21,6 +21,7 @@ from kktrecon.attack import ATTACKS, GRAM_RULES, OBJECTIVES, ReconstructionConfi
 from kktrecon.attack.families import AttackFamily, register_attack
 from kktrecon.attack.gram_loss import GramNet, gram_attack_loss
 from kktrecon.attack.kkt import per_sample_gram
+from kktrecon.attack.terms import TERMS
 from kktrecon.candidates import CandidateSet
 from kktrecon.data import DATASETS
 from kktrecon.errors import RunDirectoryExistsError
@@ -143,7 +144,7 @@ def check_architecture(name: str) -> None:
         batched = gram_attack_loss(
             net, x[None], lam[None], y[None], OBJECTIVES["binary"], alpha=torch.tensor([150.0], dtype=torch.float64),
             lambda_min=torch.tensor([config.lambda_min], dtype=torch.float64),
-            weights=torch.ones(1, 3, dtype=torch.float64), box=config.box,
+            weights=torch.ones(1, len(TERMS), dtype=torch.float64), box=config.box,
         )  # fmt: skip
         for key in ("kkt", "prior", "lambda"):
             torch.testing.assert_close(batched[key][0], single[key])
@@ -158,7 +159,7 @@ def test_every_architecture_has_gram_forms_equal_to_autograd(name: str) -> None:
 
 
 def _victim() -> Victim:
-    """A tiny MLP trained a few SGD steps on two inputs, with its initial weights (what the owner's families need)."""
+    """A tiny MLP trained a few SGD steps on two inputs, with its initial weights and recipe (the owner's families)."""
     arch = ARCHITECTURES["mlp"]
     model = arch.build(
         arch.config(input_shape=(1, 4, 4), hidden=(8,), init_scale=0.5), torch.Generator().manual_seed(0)
@@ -170,7 +171,8 @@ def _victim() -> Victim:
         opt.zero_grad()
         torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], torch.tensor([0.0, 1.0])).backward()
         opt.step()
-    return Victim.from_module(model.eval(), n_train=2, initial_state=initial)
+    recipe = {"optimizer": "sgd", "lr": 0.1, "steps": 5}
+    return Victim.from_module(model.eval(), n_train=2, initial_state=initial, recipe=recipe)
 
 
 def _config(family: AttackFamily, **fields: Any) -> Any:

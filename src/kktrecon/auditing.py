@@ -64,7 +64,9 @@ AUDIT_FILE = "audit.json"
 AUDIT_REPORT = "audit.html"
 MEANS = ("train", "none")
 #: An audit directory: its record when it starts, its report when it ends, its sweep and evaluation.
-AUDIT_RUN = RunKind(manifest=AUDIT_REPORT, state=AUDIT_FILE, dirs=("sweep", "evaluation", "unmix"), what="audit")
+AUDIT_RUN = RunKind(
+    manifest=AUDIT_REPORT, state=AUDIT_FILE, dirs=("sweep", "evaluation", "unmix", "simulate"), what="audit"
+)
 #: The fields a recipe file may hold (anything else is refused): how the model was trained.
 RECIPE_FIELDS = {
     "optimizer": "sgd or adam",
@@ -101,6 +103,8 @@ class AuditConfig:
             to [0, 1], per channel: (mean₁, …, mean_C, std₁, …, std_C); None: ``mean`` decides. Inverted for
             display and matching.
         rank: the first layer's rank for the unmixing; None reads it from the singular values (Adam: 2n).
+        simulate_iterations: iterations of the simulation family (:mod:`kktrecon.attack.simulation`), run
+            with θ₀ and an SGD recipe where the first layer is not dense (a CNN); its time comes out of the budget.
     """
 
     budget_s: float = 900.0
@@ -112,9 +116,11 @@ class AuditConfig:
     seed: int = 0
     normalize: tuple[float, ...] | None = None
     rank: int | None = None
+    simulate_iterations: int = 300
 
     def __post_init__(self) -> None:
         check_number("budget_s", self.budget_s, low=0, low_open=True)
+        check_int("simulate_iterations", self.simulate_iterations, low=1)
         if self.mean not in MEANS:
             raise ConfigError(f"Expected `mean` to be one of {list(MEANS)}. Got {self.mean!r}.")
         if self.iterations is not None:
@@ -468,6 +474,20 @@ def _owner_row_space(victim: Victim, config: AuditConfig) -> tuple[Any, str | No
     return row_space(victim, UnmixConfig(rank=rank)), None
 
 
+def _simulation_note(inputs: _Inputs) -> str | None:
+    """Why the simulation family does not run for these inputs (None: it runs)."""
+    victim = inputs.victim
+    if victim.initial_state is None or victim.recipe is None:
+        return "needs the initial weights and the recipe (--init-weights, --recipe): it replays training from θ₀"
+    if inputs.row_space is not None:
+        return "the first layer is dense: its change is unmixed exactly (the unmix family), no simulation needed"
+    if (victim.recipe or {}).get("optimizer", "sgd") != "sgd":
+        return "it replays SGD recipes; this one is Adam"
+    if victim.steps_trained is None:
+        return "needs the recipe's `steps` or `epochs` (how long it was trained)"
+    return None
+
+
 def _run_owner_families(
     out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, progress: bool
 ) -> dict[str, CandidateSet]:
@@ -475,7 +495,18 @@ def _run_owner_families(
     from kktrecon.attack import run_attack
 
     if inputs.row_space is None:
-        return {}
+        if _simulation_note(inputs) is not None:
+            return {}
+        if progress:
+            Console(stderr=True).print(
+                f"audit: replaying the recipe from θ₀ on candidates ({config.simulate_iterations} iterations; the "
+                "first layer is not dense, so its change cannot be unmixed)",
+                highlight=False,
+            )
+        done = resume and (out / "simulate" / "simulate.state").exists()
+        simulated = run_attack("simulate", inputs.victim, out=out / "simulate", resume=done, progress=progress,
+                               device="cpu", iterations=config.simulate_iterations)  # fmt: skip
+        return {"simulate": simulated.to(dtype=torch.float64)}
     if progress:
         Console(stderr=True).print(
             f"audit: unmixing the first layer's change (rank {inputs.row_space.rank}, drop "
@@ -492,7 +523,8 @@ def _run_owner_families(
 def _families(inputs: _Inputs, pools: dict[str, CandidateSet], recovered: dict[str, int]) -> list[dict[str, Any]]:
     """Per family: whether it ran, its candidates, what it recovered alone; or why it could not run."""
     rows = []
-    for name in ("kkt", "unmix"):
+    why_not = {"unmix": inputs.unmix_note, "simulate": _simulation_note(inputs)}
+    for name in ("kkt", "unmix", "simulate"):
         if name in pools:
             row: dict[str, Any] = {"family": name, "ran": True, "candidates": len(pools[name])}
             row["n_recovered"] = recovered.get(name)
@@ -500,10 +532,7 @@ def _families(inputs: _Inputs, pools: dict[str, CandidateSet], recovered: dict[s
                 row.update(inputs.row_space.describe())
             rows.append(row)
         else:
-            rows.append({"family": name, "ran": False, "why_not": inputs.unmix_note})
-    rows.append(
-        {"family": "delta-theta", "ran": False, "why_not": "not implemented yet (Loo et al. 2024; Iurada et al. 2026)"}
-    )
+            rows.append({"family": name, "ran": False, "why_not": why_not.get(name)})
     return rows
 
 

@@ -621,7 +621,7 @@ def audit(
         Path | None,
         typer.Option(
             help="The model's weights before training (same forms as --weights): enables the owner's "
-            "attacks (first-layer unmixing) and membership evidence."
+            "attacks (first-layer unmixing; with --recipe, training simulation) and membership evidence."
         ),
     ] = None,
     recipe: Annotated[
@@ -646,6 +646,9 @@ def audit(
     rank: Annotated[
         int | None, typer.Option(help="The first layer's rank for the unmixing (default: read from its change).")
     ] = None,
+    simulate_iterations: Annotated[
+        int, typer.Option(help="Iterations of the simulation family (θ₀ + SGD recipe, first layer not dense).")
+    ] = 300,
     out_dir: Annotated[Path, typer.Option("--out", help="Audit directory (audit.html inside).")] = Path(
         "kktrecon-audit"
     ),
@@ -669,7 +672,8 @@ def audit(
         result = run_audit(
             weights=weights, arch=arch, train=train_dir, held_out=held_out, init_weights=init_weights, recipe=recipe,
             out=out_dir, budget_s=_duration(budget), mean=mean, trials=trials, iterations=iterations,
-            normalize=_floats(normalize, "--normalize"), rank=rank, device=device, resume=resume, force=force,
+            normalize=_floats(normalize, "--normalize"), rank=rank, simulate_iterations=simulate_iterations,
+            device=device, resume=resume, force=force,
         )  # fmt: skip
     if held_out is not None and result.metrics.get("held_out", {}).get("count", WEAK_POOL) < WEAK_POOL:
         err.print(_styled("warning:", "yellow", weak_pool_note(result.metrics)), highlight=False)
@@ -712,6 +716,9 @@ def experiment(
     data_root: DataRoot = None,
     device: Device = "auto",
     seed: Annotated[int, typer.Option(help="Another draw of the experiment: added to every seed.")] = 0,
+    cells: Annotated[
+        str | None, typer.Option(help="Run only these cells, comma-separated (their table and figures alone).")
+    ] = None,
     resume: Resume = False,
     force: Force = False,
 ) -> None:
@@ -733,8 +740,9 @@ def experiment(
     with _errors():
         if out_dir is None:
             raise typer.BadParameter("Expected --out DIR for the experiment's results.")
+        chosen = [c for c in cells.split(",") if c] if cells else None
         result = run_experiment(name, out_dir, scale=scale, data_root=data_root, device=device, seed=seed,
-                                resume=resume, force=force)  # fmt: skip
+                                resume=resume, force=force, cells=chosen)  # fmt: skip
     out.print((result.out / "results.md").read_text(encoding="utf-8"), highlight=False)
     out.print(f"{len(result.files)} files in {result.out} · {result.seconds / 60:.1f} min", highlight=False)
 

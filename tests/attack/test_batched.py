@@ -13,6 +13,7 @@ from kktrecon.attack import ReconstructionConfig, attack_loss, get_objective, in
 from kktrecon.attack import engine as engine_module
 from kktrecon.attack.batched import reconstruct_batch
 from kktrecon.attack.gram_loss import GramNet, gram_attack_loss
+from kktrecon.attack.terms import TERMS
 from kktrecon.errors import ConfigError, UnsupportedModelError
 from kktrecon.models import CNNConfig, ModelConfig, build_model, save_checkpoint, with_modified_relu
 
@@ -26,8 +27,8 @@ def test_gram_form_equals_the_reference_loss_and_its_gradients(objective: str, o
     model = build_model(ModelConfig(input_shape=(1, 5, 5), hidden=(12, 9), num_outputs=outputs, bias=bias,
                                     init_scale=0.5), dtype=torch.float64)  # fmt: skip
     obj = get_objective(objective)
-    configs = [ReconstructionConfig(seed=s, alpha=a, lambda_min=lm, init_scale=0.7, prior_weight=pw)
-               for s, a, lm, pw in ((0, 150.0, 0.3, 1.0), (1, 20.0, 0.1, 0.0))]  # fmt: skip
+    configs = [ReconstructionConfig(seed=s, alpha=a, lambda_min=lm, init_scale=0.7, prior_weight=pw, tv_weight=tv)
+               for s, a, lm, pw, tv in ((0, 150.0, 0.3, 1.0, 0.0), (1, 20.0, 0.1, 0.0, 0.3))]  # fmt: skip
     xs, lams, ys = [], [], []
     for c in configs:
         x, lam, y, _ = initial_state((1, 5, 5), c, 6, device=torch.device("cpu"), dtype=torch.float64,
@@ -39,7 +40,7 @@ def test_gram_form_equals_the_reference_loss_and_its_gradients(objective: str, o
     terms = gram_attack_loss(
         GramNet.of(model), torch.stack(xs), torch.stack(lams), torch.stack(ys), obj,
         alpha=as_t([c.alpha for c in configs]), lambda_min=as_t([c.lambda_min for c in configs]),
-        weights=as_t([[c.kkt_weight, c.prior_weight, c.lambda_weight] for c in configs]), box=1.0,
+        weights=as_t([[getattr(c, t.weight) for t in TERMS] for c in configs]), box=1.0,
     )  # fmt: skip
     grads = torch.autograd.grad(terms["total"].sum(), xs + lams)
     for k, c in enumerate(configs):
@@ -47,7 +48,7 @@ def test_gram_form_equals_the_reference_loss_and_its_gradients(objective: str, o
         for p in attack_model.parameters():
             p.requires_grad_(True)
         ref = attack_loss(attack_model, xs[k], lams[k], ys[k], c, obj)
-        for name in ("total", "kkt", "prior", "lambda"):
+        for name in ("total", "kkt", "prior", "lambda", "tv"):
             torch.testing.assert_close(terms[name][k], ref[name].detach(), rtol=1e-9, atol=1e-9)
         gx, gl = torch.autograd.grad(ref["total"], [xs[k], lams[k]])
         torch.testing.assert_close(grads[k], gx, rtol=1e-8, atol=1e-10)
@@ -165,7 +166,8 @@ def test_cnn_trials_take_the_gram_form_and_it_equals_autograd(variant) -> None:
         net = GramNet.of(with_modified_relu(victim, 1.0))
         assert net is not None
         batched = gram_attack_loss(
-            net, x, lam, y, get_objective("binary"), alpha=alpha, weights=torch.ones(2, 3, dtype=torch.float64),
+            net, x, lam, y, get_objective("binary"), alpha=alpha,
+            weights=torch.ones(2, len(TERMS), dtype=torch.float64),
             lambda_min=torch.full((2,), cfgs[0].lambda_min, dtype=torch.float64), box=1.0,
         )  # fmt: skip
         for t, cfg in enumerate(cfgs):

@@ -9,6 +9,7 @@ import torch
 
 from kktrecon.attack import ReconstructionConfig, ReconstructionDivergedError, attack_loss, loop, reconstruct
 from kktrecon.attack import engine as rec
+from kktrecon.attack.terms import total_variation
 from kktrecon.candidates import CandidateSet
 from kktrecon.devices import THREADS_ENV
 from kktrecon.errors import RunStateError
@@ -51,6 +52,20 @@ def test_prior_and_lambda_hinge() -> None:
     terms = attack_loss(model, x * 0 + 1.5, torch.tensor([0.2, 0.5, 1.0, 0.0], dtype=torch.float64), y, cfg)
     assert float(terms["prior"]) == pytest.approx(x.numel() * 0.25)
     assert float(terms["lambda"]) == pytest.approx(0.3**2 + 0.5**2)
+
+
+def test_total_variation_prior_is_zero_on_flat_images_and_counts_edges() -> None:
+    model, _, y, lam = _linear_kkt_victim()
+    cfg = ReconstructionConfig(tv_weight=2.0)
+    flat = torch.full((4, 1, 3, 3), 0.3, dtype=torch.float64)
+    assert float(attack_loss(model, flat, lam, y, cfg)["tv"]) == 0.0
+    edge = flat.clone()
+    edge[0, 0, :, 2] = 1.3  # one column steps by 1: 3 of the 6 horizontal differences in one image
+    terms = attack_loss(model, edge, lam, y, cfg)
+    assert float(terms["tv"]) == pytest.approx(0.5)
+    base = attack_loss(model, edge, lam, y, ReconstructionConfig())
+    assert float(terms["total"] - base["total"]) == pytest.approx(2.0 * 0.5)
+    assert float(total_variation(torch.ones(5, 2), 1).abs().sum()) == 0.0  # not images: no prior
 
 
 def test_initial_state_is_seeded_and_labels_are_half_and_half() -> None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from kktrecon.attack import ReconstructionConfig
 from kktrecon.cli import app
 from kktrecon.data import DataConfig
-from kktrecon.errors import RunDirectoryExistsError
+from kktrecon.errors import ConfigError, RunDirectoryExistsError
 from kktrecon.experiments import EXPERIMENTS, Cell, Experiment, experiment
 from kktrecon.experiments import runner as runner_module
 from kktrecon.models import MLPConfig
@@ -78,3 +78,25 @@ def test_the_list_names_each_experiment_with_a_time(tiny) -> None:
     result = CliRunner().invoke(app, ["experiment", "--list"])
     assert result.exit_code == 0, result.output
     assert "fig4-n" in result.output and "weight-decay" in result.output and "~" in result.output
+
+
+def test_an_owner_family_cell_runs_once_and_a_cell_filter_runs_only_its_cells(monkeypatch, tmp_path) -> None:
+    from kktrecon.attack.unmixing import UnmixConfig
+
+    owner = dataclasses.replace(_VICTIM, init="pytorch", steps=60)
+    exp = dataclasses.replace(
+        TINY, cpu=(*TINY.cpu, Cell("u", owner, UnmixConfig(), label="U", family="unmix")), figure="law"
+    )
+    monkeypatch.setitem(EXPERIMENTS, "tiny", exp)
+    result = experiment("tiny", tmp_path / "e", device="cpu", progress=False, cells=["u"])
+    (row,) = result.rows
+    assert row["cell"] == "u" and row["n"] == 6 and row["n_recovered"] >= 5  # unmixing reads (almost) every image
+    assert json.loads((tmp_path / "e" / "cells" / "u" / "attack-0" / "reconstruction.json").read_text())[
+        "format"
+    ].startswith("kktrecon.unmix")
+    with pytest.raises(ConfigError, match="cell names"):
+        experiment("tiny", tmp_path / "f", device="cpu", progress=False, cells=["nope"])
+    with pytest.raises(ConfigError, match="UnmixConfig"):
+        Cell("bad", owner, _ATTACK, family="unmix")
+    with pytest.raises(ConfigError, match="one run"):
+        Cell("bad", owner, UnmixConfig(), restarts=2, family="unmix")

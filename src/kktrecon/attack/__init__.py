@@ -23,6 +23,7 @@ who holds the weights and nothing else.
 
 from __future__ import annotations
 
+from kktrecon.attack import simulation as _simulation  # noqa: F401  (registers the owner's family `simulate`)
 from kktrecon.attack import unmixing as _unmixing  # noqa: F401  (registers the owner's family `unmix`)
 from kktrecon.attack.engine import ReconstructionConfig, ReconstructionResult, attack_loss, initial_state, reconstruct
 from kktrecon.attack.families import ATTACKS, AttackFamily, get_attack, register_attack, run_attack

@@ -36,6 +36,7 @@ class ReconstructionConfig:
         kkt_weight, prior_weight, lambda_weight: weights α₁, α₃, α₂ of the three loss terms
             (``prior_weight = 0`` turns the box prior off, as in the 2-D toy).
         box: the prior keeps x in [−box, box].
+        tv_weight: weight of the total-variation prior on image candidates (0: off, the reference).
         seed: seed of the candidates' and multipliers' initialisation.
         dtype: ``float32`` or ``float64``.
         checkpoint_every: iterations between checkpoints (0: never).
@@ -58,6 +59,7 @@ class ReconstructionConfig:
     prior_weight: float = 1.0
     lambda_weight: float = 5.0
     box: float = 1.0
+    tv_weight: float = 0.0
     seed: int = 0
     dtype: str = "float32"
     checkpoint_every: int = 1000
@@ -74,7 +76,7 @@ class ReconstructionConfig:
             )
         for name in ("init_scale", "lr", "alpha", "box"):
             check_number(name, getattr(self, name), low=0, low_open=True)
-        for name in ("lambda_lr", "lambda_min", "kkt_weight", "prior_weight", "lambda_weight"):
+        for name in ("lambda_lr", "lambda_min", "kkt_weight", "prior_weight", "lambda_weight", "tv_weight"):
             check_number(name, getattr(self, name), low=0)
         check_number("momentum", self.momentum, low=0, high=1, high_open=True)
         check_int("iterations", self.iterations, low=0)

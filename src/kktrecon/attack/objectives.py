@@ -83,6 +83,10 @@ class Objective(ABC):
     def candidate_labels(self, m: int, num_outputs: int) -> Tensor:
         """Labels of m attack candidates: as many per class as m allows, classes in order."""
 
+    def candidate_targets(self, labels: Tensor) -> Tensor:
+        """Candidate labels as :meth:`training_loss` takes them (binary: ±1 → 0/1; others: as they are)."""
+        return labels
+
     def init_lambda(self, m: int, num_outputs: int, gen: torch.Generator) -> Tensor:
         """Initial multipliers, float64 on the CPU: U[0, 1], one per candidate (the reference)."""
         return torch.rand(m, generator=gen, dtype=torch.float64)
@@ -146,6 +150,9 @@ class BinaryObjective(Objective):
     def candidate_labels(self, m: int, num_outputs: int) -> Tensor:
         # y = (−1, …, −1, +1, …, +1), half each, as the reference code.
         return torch.cat([-torch.ones(m // 2), torch.ones(m - m // 2)])
+
+    def candidate_targets(self, labels: Tensor) -> Tensor:
+        return (labels > 0).to(labels.dtype)
 
     def kkt_sum(self, out: Tensor, lam: Tensor, labels: Tensor) -> Tensor:
         self.check_outputs(out)

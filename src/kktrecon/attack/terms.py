@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from kktrecon.attack.kkt import stationarity_residual
 from kktrecon.attack.objectives import Objective
 
-__all__ = ["TERMS", "BatchedInputs", "LossTerm", "SingleInputs", "weighted_total"]
+__all__ = ["TERMS", "BatchedInputs", "LossTerm", "SingleInputs", "total_variation", "weighted_total"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,24 @@ def _prior_batched(inp: BatchedInputs) -> Tensor:
     return ((x - box).relu().pow(2) + (-box - x).relu().pow(2)).reshape(x.shape[0], -1).sum(dim=1)
 
 
+def total_variation(x: Tensor, lead: int) -> Tensor:
+    """Anisotropic total variation of images (…, C, H, W): the mean |difference| of neighbouring pixels,
+    summed over the ``lead`` leading dimensions' images and shaped as them; 0 for inputs that are not images."""
+    if x.dim() - lead != 3:
+        return x.new_zeros(x.shape[:lead])
+    rows = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(lead).mean(dim=-1)
+    cols = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(lead).mean(dim=-1)
+    return rows + cols
+
+
+def _tv_single(inp: SingleInputs) -> Tensor:
+    return total_variation(inp.x, 1).sum()
+
+
+def _tv_batched(inp: BatchedInputs) -> Tensor:
+    return total_variation(inp.x, 2).sum(dim=1)
+
+
 def _hinge_single(inp: SingleInputs) -> Tensor:
     return inp.objective.lambda_penalty(inp.lam, inp.config.lambda_min, inp.y)
 
@@ -81,11 +99,13 @@ def _hinge_batched(inp: BatchedInputs) -> Tensor:
     )
 
 
-#: The attack loss, in order: stationarity (α₁), the box prior (α₃), the λ hinge (α₂).
+#: The attack loss, in order: stationarity (α₁), the box prior (α₃), the λ hinge (α₂), and total
+#: variation (a smoothness prior on image candidates, "No Prior, No Leakage" 2025; off by default).
 TERMS: tuple[LossTerm, ...] = (
     LossTerm("kkt", "kkt_weight", _kkt_single, lambda inp: inp.stationarity()),
     LossTerm("prior", "prior_weight", _prior_single, _prior_batched),
     LossTerm("lambda", "lambda_weight", _hinge_single, _hinge_batched),
+    LossTerm("tv", "tv_weight", _tv_single, _tv_batched),
 )
 
 

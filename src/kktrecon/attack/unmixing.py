@@ -295,14 +295,6 @@ def _recipe_decay(recipe: Mapping[str, Any] | None, steps: int | None) -> float 
     return c
 
 
-def _steps_run(victim: Victim) -> int | None:
-    """The optimiser steps the victim was trained for: a run's record, else the recipe's ``steps``."""
-    done = (victim.manifest.get("metrics") or {}).get("steps") if victim.manifest else None
-    if done is None and victim.recipe is not None:
-        done = victim.recipe.get("steps")
-    return int(done) if done is not None else None
-
-
 def row_space(victim: Victim, config: UnmixConfig | None = None) -> RowSpace:
     """The row space of the victim's first-layer change in pixels, its rank read from the singular values.
 
@@ -325,7 +317,7 @@ def row_space(victim: Victim, config: UnmixConfig | None = None) -> RowSpace:
             "signal to read (were the weights saved before training?)."
         )
     std, mean = _pixels_map(victim, d, dtype)
-    gamma = config.decay if config.decay is not None else _recipe_decay(victim.recipe, _steps_run(victim))
+    gamma = config.decay if config.decay is not None else _recipe_decay(victim.recipe, victim.steps_trained)
     if gamma is None:
         k = config.rank or victim.n_train or max(1, min(h, d) // 4)
         gamma = _fit_decay(w, b, w0, b0, std, mean, min(k, min(h, d) - 1))

@@ -142,6 +142,19 @@ class Victim:
         return default_objective(num_outputs if num_outputs is not None else self.num_outputs)
 
     @property
+    def steps_trained(self) -> int | None:
+        """The optimiser steps the victim was trained for: its run's record, else the recipe's ``steps``, else its
+        ``epochs`` × the batches per epoch (one per epoch for the full batch)."""
+        done = (self.manifest.get("metrics") or {}).get("steps") if self.manifest else None
+        recipe = self.recipe or {}
+        if done is None:
+            done = recipe.get("steps")
+        if done is None and recipe.get("epochs") is not None and self.n_train is not None:
+            batch = recipe.get("batch_size") or self.n_train
+            done = int(recipe["epochs"]) * -(-self.n_train // int(batch))
+        return int(done) if done is not None else None
+
+    @property
     def downsample(self) -> int:
         """The factor by which candidates and images are downsampled before matching."""
         return 2 if len(self.input_shape) == 3 and min(self.input_shape[1:]) >= 32 else 1

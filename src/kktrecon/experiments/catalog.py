@@ -14,6 +14,8 @@ import dataclasses
 
 from kktrecon.attack.config import ReconstructionConfig
 from kktrecon.attack.released import WINNERS, winner
+from kktrecon.attack.simulation import SimulationConfig
+from kktrecon.attack.unmixing import UnmixConfig
 from kktrecon.data import DataConfig
 from kktrecon.demo import DemoConfig
 from kktrecon.errors import ConfigError
@@ -78,6 +80,11 @@ _DECAY = (0.0, 1e-3, 1e-2)
 _LAW_MLP = (5, 20, 50, 100, 300, 1000)  # 784-w-w-1: p/dn 0.25, 1.03, 2.7, 5.7, 20.8, 113.9
 _LAW_CNN = (("16-32", (16, 32), ()), ("32-64", (32, 64), ()), ("32-64-h100", (32, 64), (100,)))  # 0.41, 1.4, 21
 _LAW_ATTACK = dict(iterations=12_000, checkpoint_every=1_000, log_every=100)
+# The owner's side of the law: default-init victims (PyTorch's initialisation, SGD at lr 0.05), attacked with
+# θ₀ and the recipe. ΔW₁ of an MLP has rank ≤ min(w, n): the unmixing reads at most w images. A CNN's first
+# layer mixes patches, so its victim is replayed instead (stopped at loss 0.05: 110 steps, 28 simulated).
+_LAW_OWNER_MLP = (5, 20, 100, 1000)
+_LAW_OWNER = dict(init="pytorch", lr=0.05, steps=3_000, loss_threshold=1e-3, checkpoint_every=1_000)
 
 EXPERIMENTS: Registry[Experiment] = Registry("experiment", ConfigError)
 for _exp in (
@@ -312,6 +319,27 @@ for _exp in (
                 label=name.replace("-h", " + "),
             )
             for name, channels, hidden in _LAW_CNN
+        )
+        + tuple(
+            Cell(
+                f"owner-mlp-{w}",
+                victim(model=MLPConfig(hidden=(w, w)), **_LAW_OWNER),
+                UnmixConfig(rank=w if w <= 20 else None),  # ΔW₁ (w × d), rank w ≤ n: no drop to read
+                group="owner: unmix, default-init MLP",
+                label=f"unmix w = {w}",
+                family="unmix",
+            )
+            for w in _LAW_OWNER_MLP
+        )
+        + (
+            Cell(
+                "owner-cnn-64-128",
+                victim(model=CNNConfig(channels=(64, 128), bias="all"), **{**_LAW_OWNER, "loss_threshold": 0.05}),
+                SimulationConfig(iterations=400),
+                group="owner: simulate, default-init CNN",
+                label="simulate 64-128",
+                family="simulate",
+            ),
         ),
         paper=tuple(
             Cell(
@@ -323,7 +351,7 @@ for _exp in (
             )
             for w in (20, 100, 300, 1000, 3000)
         ),
-        cpu_minutes=40.0,
+        cpu_minutes=55.0,
     ),
 ):
     EXPERIMENTS.register(_exp.name, _exp)

@@ -1,15 +1,17 @@
 """What an experiment is: a declared grid of victims × attacks, at CPU scale and at the paper's scale.
 
 An :class:`Experiment` names its cells; a :class:`Cell` is one victim recipe (a
-:class:`~kktrecon.training.TrainConfig`) and one attack (a
+:class:`~kktrecon.training.TrainConfig`) and one attack (the KKT attack's
 :class:`~kktrecon.attack.ReconstructionConfig`, run as ``restarts`` trials from different seeds
-and pooled). The catalogue (:mod:`kktrecon.experiments.catalog`) declares the paper's figures as
-data; the runner turns any experiment into run directories, a table and figures.
+and pooled; or another registered family with its own config, run once). The catalogue
+(:mod:`kktrecon.experiments.catalog`) declares the paper's figures as data; the runner turns any experiment
+into run directories, a table and figures.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from kktrecon.attack.engine import ReconstructionConfig
 from kktrecon.checks import check_int
@@ -26,7 +28,8 @@ class Cell:
     Attributes:
         name: unique within the experiment; names the cell's directory and its row of the table.
         victim: the victim's training recipe.
-        attack: the attack; ``restarts`` copies run with seeds ``attack.seed + i`` as one batch.
+        attack: the attack's config; for the KKT family, ``restarts`` copies run with seeds ``attack.seed + i``
+            as one batch.
         restarts: attack runs from independent starts whose candidates are pooled.
         readouts: the candidates are read out this many times, evenly over the attack (each run is
             extended in steps), and all read-outs pooled: a candidate that passes through a training
@@ -35,18 +38,28 @@ class Cell:
             median margin (``sweeps.selection.on_the_margin``; oracle-free); None keeps all.
         group: the panel the cell is drawn in (Fig. 4: one panel per n or architecture).
         label: the cell's label in tables and legends.
+        family: the attack family (:data:`~kktrecon.attack.ATTACKS`); ``attack`` is its config. Families
+            other than ``kkt`` run once (no restarts, no read-outs).
     """
 
     name: str
     victim: TrainConfig
-    attack: ReconstructionConfig
+    attack: ReconstructionConfig | Any
     restarts: int = 1
     readouts: int = 1
     margin_band: tuple[float, float] | None = None
     group: str = ""
     label: str = ""
+    family: str = "kkt"
 
     def __post_init__(self) -> None:
+        from kktrecon.attack import get_attack
+
+        config_type = get_attack(self.family).config_type
+        if not isinstance(self.attack, config_type):
+            raise ConfigError(f"Expected a {config_type.__name__} for a {self.family!r} cell. Got {type(self.attack)}.")
+        if self.family != "kkt" and (self.restarts, self.readouts, self.margin_band) != (1, 1, None):
+            raise ConfigError(f"Expected one run of the {self.family!r} family (no restarts, read-outs or band).")
         check_int("restarts", self.restarts, low=1)
         check_int("readouts", self.readouts, low=1, high=self.attack.iterations or 1)
         if not self.name or "/" in self.name:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int
 from kktrecon.configs import config_to_dict
 from kktrecon.data import SAMPLE_ROOT
-from kktrecon.errors import RunStateError
+from kktrecon.errors import ConfigError, RunStateError
 from kktrecon.experiments.catalog import EXPERIMENTS
 from kktrecon.experiments.grid import Cell, Experiment
 from kktrecon.files import (
@@ -76,6 +77,7 @@ def experiment(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    cells: Sequence[str] | None = None,
 ) -> ExperimentResult:
     """Run the experiment ``name`` of the catalogue into ``out``.
 
@@ -90,20 +92,26 @@ def experiment(
         resume: continue an interrupted experiment in ``out`` (finished cells are kept).
         force: delete an existing experiment in ``out`` first.
         progress: show progress bars.
+        cells: run only the cells of these names (their table and figures alone); None: all.
     """
     exp = EXPERIMENTS.get_entry(name)
     check_int("seed", seed, low=0)
-    cells = tuple(
+    chosen = tuple(
         dataclasses.replace(
             c,
             victim=dataclasses.replace(c.victim, seed=c.victim.seed + seed),
             attack=dataclasses.replace(c.attack, seed=c.attack.seed + 1000 * seed),
         )
         for c in exp.cells(scale)
+        if cells is None or c.name in cells
     )
-    run = _open(Path(out), exp, scale, cells, resume=resume, force=force)  # locked until the experiment returns
+    unknown = sorted(set(cells or ()) - {c.name for c in exp.cells(scale)})
+    if unknown or not chosen:
+        names = [c.name for c in exp.cells(scale)]
+        raise ConfigError(f"Expected cell names of {name!r} at {scale} scale among {names}. Got {sorted(cells or ())}.")
+    run = _open(Path(out), exp, scale, chosen, resume=resume, force=force)  # locked until the experiment returns
     out = run.path
-    rows = [_run_cell(out / "cells" / cell.name, cell, data_root, device, progress) for cell in cells]
+    rows = [_run_cell(out / "cells" / cell.name, cell, data_root, device, progress) for cell in chosen]
     files = _write_results(out, exp, scale, rows)
     # The cells' own times: a resumed experiment counts each cell once, not the resuming call's wall time.
     seconds = sum(sum(r["seconds"].values()) for r in rows)
@@ -179,8 +187,16 @@ def _run_cell(folder: Path, cell: Cell, data_root: Any, device: Any, progress: b
 
 
 def _attack(folder: Path, cell: Cell, device: Any, progress: bool) -> tuple[list[Path], list[str | None]]:
-    """The cell's restarts as one batch, extended in ``readouts`` steps; each step's candidates kept."""
+    """The cell's restarts as one batch, extended in ``readouts`` steps; each step's candidates kept. Another
+    family than ``kkt`` runs once, through the attack registry."""
     outs = [folder / f"attack-{i}" for i in range(cell.restarts)]
+    if cell.family != "kkt":
+        from kktrecon.attack import run_attack
+
+        done = (outs[0] / RECONSTRUCTION_FILE).exists() or any(outs[0].glob("*.state"))
+        run_attack(cell.family, folder / "victim", cell.attack, out=outs[0], device=device, resume=done,
+                   progress=progress)  # fmt: skip
+        return outs, [None]
     errors: list[str | None] = [None] * cell.restarts
     for k in range(1, cell.readouts + 1):
         stop = cell.attack.iterations * k // cell.readouts
