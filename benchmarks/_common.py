@@ -7,14 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from kktrecon.experiments.catalog import victim as recipe
-from kktrecon.models import MLPConfig
+from kktrecon.models import CNNConfig, MLPConfig
 
-#: The dev-measured victims (784/3072-1000-1000-1, the reference recipe, 10⁴ steps): name → (data set, recipe).
+#: The dev-measured victims (784/3072-1000-1000-1 unless named a CNN, the reference recipe, 10⁴ steps):
+#: name → (data set, recipe). cnn20: the law's CNN with p/dn ≥ 5 (strided 3×3 convs 32-64, a 100-wide
+#: linear layer; p/dn 21 at n = 20).
 VICTIMS = {
     "mnist50": ("mnist", recipe(per_class=25)),
     "cifar20": ("cifar10", recipe("cifar10", "vehicles-animals")),
     "mnist20-all": ("mnist", recipe(model=MLPConfig(bias="all"))),
     "mnist20": ("mnist", recipe()),
+    "cnn20": ("mnist", recipe(model=CNNConfig(channels=(32, 64), hidden=(100,)))),
 }
 
 

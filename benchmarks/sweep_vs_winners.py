@@ -1,13 +1,14 @@
 """Does a sweep find settings for a victim nobody tuned the attack for? Against the released winners.
 
 For each victim (MNIST odd/even n = 50; CIFAR-10 vehicles/animals n = 20; MNIST odd/even n = 20 with
-biases in all layers; all 784/3072-1000-1000-1, the reference recipe, 10⁴ steps), at the same total
-budget of trial-iterations (three default runs of ``--default-iterations``):
+biases in all layers; all 784/3072-1000-1000-1, the reference recipe, 10⁴ steps; ``cnn20``: a CNN
+with p/dn 21), at the same total budget of trial-iterations (three default runs of ``--default-iterations``):
 
 - each released winner of the victim's data set, run alone for the whole budget;
 - the sweep's own policy with the oracle-free ``kkt`` objective: half the budget on ``--trials``
   short trials (the released winners first, then random ones, ``--batch`` at a time), the other
-  half extending the kkt-best ``k`` trials (``--extend-top``, a list), the best trials pooled.
+  half extending the kkt-best ``k`` trials (``--extend-top``, a list), the best trials pooled; the
+  search space ``--space`` (reference, or cnn: + the total-variation weight), the sweep's default attack.
 
 Every method is scored by n_recovered (the verdict against training ∪ held-out). The sweep's trials
 are also scored by the oracle afterwards, for the selection-quality numbers (Spearman correlation of
@@ -15,6 +16,8 @@ the kkt score with n_recovered; precision@10/20 of the pooled ranking). Prints a
 writes JSON to benchmarks/results/sweep_vs_winners.json.
 
     python benchmarks/sweep_vs_winners.py --data-root ../shared/data [--victims mnist50,cifar20,mnist20-all]
+    python benchmarks/sweep_vs_winners.py --victims cnn20 --methods sweep --space cnn --trials 16 \
+        --default-iterations 8000 --extend-top 2
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from kktrecon.attack import reconstruct
 from kktrecon.attack.released import winner
 from kktrecon.files import read_json
 from kktrecon.pipelines import evaluate
-from kktrecon.sweeps import sweep
+from kktrecon.sweeps import SPACES, sweep
+from kktrecon.sweeps.config import load_sweep_config
 from kktrecon.training import train
 
 
@@ -58,8 +62,9 @@ def sweep_rows(folder: Path, name: str, budget: int, args: argparse.Namespace) -
     short = budget // (2 * args.trials)
     explore = folder / "sweep-explore"
     start = time.perf_counter()
+    space = SPACES.get_entry(args.space)
     result = sweep(folder / "victim", explore, trials=args.trials, iterations=short, extend=0, batch=args.batch,
-                   device="cpu", resume=(explore / "sweep.json").exists(), progress=False)  # fmt: skip
+                   space=space, device="cpu", resume=(explore / "sweep.json").exists(), progress=False)  # fmt: skip
     explore_s = time.perf_counter() - start
     kkt, oracle = oracle_per_trial(result.rows, args.data_root)
     rows = []
@@ -70,14 +75,15 @@ def sweep_rows(folder: Path, name: str, budget: int, args: argparse.Namespace) -
         start = time.perf_counter()
         extension = (budget - args.trials * short) // k
         swept = sweep(folder / "victim", out, trials=args.trials, iterations=short, extend=extension, extend_top=k,
-                      batch=args.batch, device="cpu", resume=True, progress=False)  # fmt: skip
+                      batch=args.batch, space=space, device="cpu", resume=True, progress=False)  # fmt: skip
         seconds = explore_s + time.perf_counter() - start
         pooled = evaluate(out, data_root=args.data_root, force=True).metrics
         extended = [r for r in swept.rows if r["extended"]]
         alone = [evaluate(r["dir"], data_root=args.data_root, figures=False, force=True).metrics["n_recovered"]
                  for r in extended]  # fmt: skip
         rows.append({
-            "victim": name, "method": f"sweep: {args.trials} × {short} it, kkt-best {k} + {extension} it, pooled",
+            "victim": name, "space": args.space, "tv_weight": load_sweep_config(out).attack.tv_weight,
+            "method": f"sweep ({args.space} space): {args.trials} × {short} it, kkt-best {k} + {extension} it, pooled",
             "n_recovered": pooled["n_recovered"], "n": pooled["n_train"], "trial_iterations": budget,
             "seconds": seconds, "extended_trials": [r["number"] for r in extended], "extended_alone": alone,
             "best_short_trial_oracle": max(oracle), "kkt_best_short_trial": int(np.argmax(kkt)),
@@ -98,6 +104,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--methods", default="winners,sweep", help="winners and/or sweep")
     parser.add_argument("--extend-top", default="1,2", help="how many kkt-best trials the sweep extends (a list)")
+    parser.add_argument("--space", default="reference", help="the sweep's search space (reference, cnn)")
     parser.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / "results" / "sweeps")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "sweep_vs_winners.json"

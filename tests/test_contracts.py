@@ -109,6 +109,10 @@ def check_gram_rule(layer_type: type[nn.Module]) -> None:
     delta = v.expand_as(z)
     torch.testing.assert_close(rule.pair(layer, a, delta), flat @ flat.T)
     torch.testing.assert_close(rule.pair(layer, a[None], delta[None])[0], flat @ flat.T)  # leading batch dims
+    halves = torch.stack([flat[:2].sum(0), flat[2:].sum(0)]).pow(2).sum(1)  # ‖Σⱼ ∇θgⱼ‖² of two batches of two
+    torch.testing.assert_close(
+        rule.summed_sq(layer, a.reshape(2, 2, *shape), delta.reshape(2, 2, *z.shape[1:])), halves
+    )
     torch.testing.assert_close(rule.project(layer, z, delta).flatten(1).sum(1), flat @ theta)
     torch.testing.assert_close(rule.forward(layer, a), layer(a))
     probe = a.clone().requires_grad_(True)
@@ -148,6 +152,16 @@ def check_architecture(name: str) -> None:
         )  # fmt: skip
         for key in ("kkt", "prior", "lambda"):
             torch.testing.assert_close(batched[key][0], single[key])
+
+
+@pytest.mark.parametrize("in_channels", [2, 8])  # patches of 18 and 72 entries: both ways of summing
+def test_a_convolutions_summed_gradient_norm_is_the_sum_of_its_pairs(in_channels: int) -> None:
+    torch.manual_seed(0)
+    layer = nn.Conv2d(in_channels, 3, 3, stride=2, padding=1, dilation=1).double()
+    a = torch.randn(3, 4, in_channels, 7, 6, dtype=torch.float64)
+    delta = torch.randn(3, 4, *layer(a[0]).shape[1:], dtype=torch.float64)
+    rule = GRAM_RULES[nn.Conv2d]
+    torch.testing.assert_close(rule.summed_sq(layer, a, delta), rule.pair(layer, a, delta).sum(dim=(1, 2)))
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

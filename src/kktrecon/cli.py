@@ -475,19 +475,25 @@ def _duration(text: str | None) -> float | None:
     return seconds
 
 
-def _space(items: list[str]) -> dict[str, Any]:
-    """NAME=LOW:HIGH[:log] overrides of the search space."""
-    from kktrecon.sweeps import Parameter
+def _space(items: list[str]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The named search space (``reference`` unless an item names one) and NAME=LOW:HIGH[:log] overrides."""
+    from kktrecon.sweeps import SPACES, Parameter
 
-    space: dict[str, Any] = {}
+    base, space = SPACES["reference"], {}
     for item in items:
-        name, _, spec = item.partition("=")
+        name, sep, spec = item.partition("=")
+        if not sep:
+            base = SPACES.get_entry(name)
+            continue
         parts = spec.split(":")
         try:
             space[name] = Parameter(name, float(parts[0]), float(parts[1]), log=parts[2:] == ["log"])
         except (IndexError, ValueError):
-            raise typer.BadParameter(f"Expected NAME=LOW:HIGH[:log], e.g. lr=1e-4:0.1:log. Got {item!r}.") from None
-    return space
+            raise typer.BadParameter(
+                f"Expected a space's name ({', '.join(SPACES)}) or NAME=LOW:HIGH[:log], e.g. lr=1e-4:0.1:log. "
+                f"Got {item!r}."
+            ) from None
+    return base, space
 
 
 def _fixed(items: list[str]) -> dict[str, Any]:
@@ -522,7 +528,11 @@ def sweep(
     candidates: Annotated[int | None, typer.Option(help="Candidates per trial (default 2n).")] = None,
     space: Annotated[
         list[str] | None,
-        typer.Option("--space", help="Override a swept range: NAME=LOW:HIGH[:log] (repeatable)."),
+        typer.Option(
+            "--space",
+            help="A search space by name (reference, the default; cnn: + the TV weight) or a swept range "
+            "NAME=LOW:HIGH[:log] (repeatable).",
+        ),
     ] = None,
     fix: Annotated[
         list[str] | None, typer.Option("--fix", help="Fix an attack setting for all trials: NAME=VALUE (repeatable).")
@@ -545,12 +555,12 @@ def sweep(
     """
     from kktrecon.attack import ReconstructionConfig
     from kktrecon.evaluation import oracle_score
-    from kktrecon.sweeps import OFFICIAL_SPACE, SweepConfig
+    from kktrecon.sweeps import SweepConfig
     from kktrecon.sweeps import sweep as run_sweep
 
     with _errors():
-        overrides, fixed = _space(space or []), _fixed(fix or [])
-        swept = tuple(overrides.pop(p.name, p) for p in OFFICIAL_SPACE) + tuple(overrides.values())
+        (base, overrides), fixed = _space(space or []), _fixed(fix or [])
+        swept = tuple(overrides.pop(p.name, p) for p in base) + tuple(overrides.values())
         swept = tuple(p for p in swept if p.name not in fixed)  # a fixed setting is not swept
         attack = ReconstructionConfig(candidates=candidates, **fixed)
         config = SweepConfig(

@@ -82,3 +82,30 @@ def test_a_look_alike_nearer_to_a_held_out_image_does_not_count() -> None:
     without_pool = evaluate_candidates(torch.stack([near_train, near_held]), train, labels, mean,
                                        outputs=torch.ones(4))  # fmt: skip
     assert without_pool.metrics["n_recovered"] is None  # no pool, no verdict: look-alikes cannot be told apart
+
+
+def test_the_control_is_the_same_verdict_on_images_the_victim_never_saw(data_root) -> None:
+    from kktrecon.evaluation.pipeline import control_images
+
+    ds, held_out, source, downsample = _task(data_root, "mnist", "odd-even")
+    control, control_source = control_images(ds, held_out, 320, data_root=data_root)
+    assert len(control) == 320 and "outside the held-out pool" in control_source
+    assert torch.cdist(control.flatten(1), held_out.flatten(1)).min() > 0  # none of them is in the pool
+    assert torch.cdist(control.flatten(1), ds.x_train.flatten(1)).min() > 0  # nor in the training set
+
+    def judged(cands, ctrl):
+        return evaluate_candidates(
+            cands, ds.x_train, ds.y_train, ds.mean, outputs=torch.ones(20), downsample=downsample,
+            held_out=held_out, held_out_source=source, control=ctrl, control_source=control_source,
+        ).metrics  # fmt: skip
+
+    # The control applies the verdict itself: given the candidates as control, it counts what they count.
+    same = judged(ds.x_train, ds.x_train)
+    assert same["control"]["n_recovered"] == same["n_recovered"] == 20
+    # Unseen digits are nearer to some training digit than to the pool by chance, more so the more there are:
+    # the count a result must beat grows with the candidates (the first m of the control are used).
+    few, many = judged(control[:40], control), judged(control, control)
+    assert few["control"]["count"] == 40 and many["control"]["count"] == 320
+    assert few["control"]["n_recovered"] == few["n_recovered"]
+    assert 0 < few["control"]["n_recovered"] < many["control"]["n_recovered"]
+    assert judged(held_out, held_out)["control"]["n_recovered"] == 0  # the pool's own images never count

@@ -16,6 +16,7 @@ from kktrecon.data import SAMPLE_ROOT
 from kktrecon.errors import RunDirectoryExistsError, RunStateError
 from kktrecon.evaluation import oracle_score
 from kktrecon.sweeps import SweepConfig, sweep
+from kktrecon.sweeps.config import load_sweep_config
 
 SMALL = dict(iterations=20, batch=2, extend=0, progress=False, device="cpu")
 
@@ -224,3 +225,22 @@ def test_a_budget_stops_the_trials_but_keeps_the_extension(victim, tmp_path) -> 
     assert not _out_of_time(0.0, [], config)  # the first round always runs
     rows = sweep(victim, tmp_path / "s", trials=20, budget_s=1e-3, **{**SMALL, "extend": 10}).rows
     assert len(rows) == 2 and [r["iterations"] for r in rows].count(30) == 1  # one round, then the extension
+
+
+def test_a_named_search_space_is_swept_and_its_ranges_overridable(victim, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from kktrecon.cli import app
+
+    out = tmp_path / "s"
+    args = ["sweep", str(victim), "--out", str(out), "--trials", "2", "--iterations", "5", "--batch", "2",
+            "--extend", "0", "--device", "cpu", "--space", "cnn", "--space", "lr=0.001:0.01:log"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    space = {p.name: p for p in load_sweep_config(out).space}
+    assert set(space) == {"init_scale", "lr", "lambda_min", "alpha", "tv_weight"}
+    assert (space["lr"].low, space["lr"].high) == (0.001, 0.01)
+    rows = json.loads((out / "results.json").read_text())["trials"]
+    assert all(0.001 <= r["params"]["lr"] <= 0.01 and "tv_weight" in r["params"] for r in rows)
+    unknown = CliRunner().invoke(app, [*args[:-4], "--space", "convnet", "--force"])
+    assert unknown.exit_code != 0 and "['cnn', 'reference']" in unknown.output

@@ -146,8 +146,8 @@ def _stationarity(net: GramNet, x: Tensor, lam: Tensor, y: Tensor, objective: Ob
         if op.kind == "layer":
             z = seen[i + 1] if i + 1 < len(seen) else h
             cross = op.rule.project(op.module, z, delta).reshape(k, -1).sum(dim=1)
-            pairs = op.rule.pair(op.module, a.reshape(k, m, *a.shape[1:]), delta.reshape(k, m, *delta.shape[1:]))
-            kkt = kkt + (-2.0 * cross + pairs.sum(dim=(1, 2)))
+            summed = op.rule.summed_sq(op.module, a.reshape(k, m, *a.shape[1:]), delta.reshape(k, m, *delta.shape[1:]))
+            kkt = kkt + (-2.0 * cross + summed)
             if i > first:
                 delta = op.rule.backward(op.module, delta, a)
         elif op.kind == "relu":

@@ -28,13 +28,13 @@ from torch import Tensor
 
 from kktrecon.attack.objectives import get_objective
 from kktrecon.checks import check_int
-from kktrecon.data import Dataset
-from kktrecon.errors import CheckpointError, ConfigError, RunDirectoryExistsError, RunFileNotFoundError
+from kktrecon.data import Dataset, load_dataset
+from kktrecon.errors import CheckpointError, ConfigError, DataError, RunDirectoryExistsError, RunFileNotFoundError
 from kktrecon.evaluation.candidates import load_candidates
 from kktrecon.evaluation.outputs import forward_chunked, normalised_margins, outputs_and_margins
 from kktrecon.evaluation.scores import image_metrics, score_candidates
 from kktrecon.evaluation.toy import score_toy, toy_grid, toy_metrics
-from kktrecon.evaluation.verdict import chance_metrics, recovery_verdict, verdict_metrics
+from kktrecon.evaluation.verdict import chance_metrics, control_metrics, recovery_verdict, verdict_metrics
 from kktrecon.files import (
     METRICS_FILE,
     PER_SAMPLE_FILE,
@@ -54,6 +54,7 @@ __all__ = [
     "EvaluationConfig",
     "EvaluationResult",
     "FigureWriter",
+    "control_images",
     "evaluate",
     "evaluate_candidates",
     "held_out_pool",
@@ -119,6 +120,8 @@ def evaluate_candidates(
     downsample: int = 1,
     held_out: Tensor | None = None,
     held_out_source: str = "given",
+    control: Tensor | None = None,
+    control_source: str = "given",
     objective: str | None = None,
     **overrides: Any,
 ) -> EvaluationResult:
@@ -144,6 +147,10 @@ def evaluate_candidates(
             (h, *input_shape): the pool a candidate must be nearer to the training image than to.
             None: no pool, so ``n_recovered`` is not reported.
         held_out_source: where ``held_out`` came from, for ``metrics.json``.
+        control: more images the victim never saw, outside ``held_out``: the first m of them are judged
+            by the same verdict as candidates (``metrics["control"]``, the count chance reaches with m
+            candidates). None: no control.
+        control_source: where ``control`` came from, for ``metrics.json``.
         objective: the victim's objective (for its margins); default: binary for one output, multiclass
             for K. For ``regression``, ``y_train`` holds the regression targets.
         config: matching and counting settings; keyword ``overrides`` replace its fields
@@ -186,6 +193,11 @@ def evaluate_candidates(
         images = (candidates.detach(), x_train.detach(), mean.detach())
         scores, verdict, found = _score_images(*images, pool, held_out_source, downsample, config)
         metrics.update(found)
+        if control is not None and len(control) and len(pool):
+            metrics["control"] = control_metrics(
+                control[:m].detach(), x_train.detach(), pool, mean.detach(), threshold=config.threshold,
+                downsample=downsample, source=control_source,
+            )  # fmt: skip
     else:
         scores = score_toy(
             candidates.detach().flatten(1), x_train.detach().flatten(1), best_buddies=config.best_buddies
@@ -465,6 +477,34 @@ def held_out_pool(dataset: Dataset, wanted: int | None) -> tuple[Tensor, str]:
     return dataset.x_test[:k], source
 
 
+def control_images(
+    dataset: Dataset, held_out: Tensor, wanted: int, *, data_root: str | Path | None
+) -> tuple[Tensor, str]:
+    """Up to ``wanted`` test images of the task outside ``held_out`` (the verdict's control), and their source.
+
+    Read from the same split with more images per class than the victim's recorded ``test_per_class``;
+    an image equal to one of the pool is left out. Empty where the split holds no more (the toy, a sample).
+    """
+    config = dataset.config
+    classes = max(len(dataset.class_names), 1)
+    per_class = config.test_per_class + math.ceil(wanted / classes)
+    try:
+        more = load_dataset(config, data_root=data_root, dtype=dataset.x_train.dtype, device=held_out.device,
+                            test_per_class=per_class).x_test  # fmt: skip
+    except DataError:  # the split cannot give this many per class: take what the recorded count gives
+        more = dataset.x_test
+    if len(held_out):
+        exact = dict(compute_mode="donot_use_mm_for_euclid_dist")  # an identical image is at distance exactly 0
+        outside = torch.cdist(more.flatten(1), held_out.flatten(1).to(more), **exact).min(dim=1).values > 0
+        more = more[outside]
+    found = more[:wanted]
+    source = (
+        f"test split of {config.dataset} ({config.task}): {len(found)} images outside the held-out pool "
+        f"({wanted} wanted), training mean subtracted"
+    )
+    return found, source
+
+
 def evaluate(
     rec_dirs: str | Path | Sequence[str | Path],
     config: EvaluationConfig | None = None,
@@ -517,6 +557,9 @@ def evaluate(
     victim, ds = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
     config = dataclasses.replace(config or EvaluationConfig(), **overrides)
     held_out, source = held_out_pool(ds, config.held_out)
+    control, control_source = (
+        control_images(ds, held_out, len(pooled.x), data_root=data_root) if ds.is_image else (None, "")
+    )
     objective = get_objective(victim.manifest.get("objective") or ds.objective)
     result = evaluate_candidates(
         pooled.x.to(ds.x_train.device),
@@ -534,6 +577,8 @@ def evaluate(
         downsample=victim.downsample,
         held_out=held_out,
         held_out_source=source,
+        control=control,
+        control_source=control_source,
         objective=objective.name,
     )
     ranking = pooled.rec_dirs[0] / RANKING_FILE

@@ -254,6 +254,7 @@ _ROW_METRICS = (
     "median_ssim_aligned",
     "held_out_n_reconstructed",
     "chance_n_reconstructed",
+    "control",
     "n_found",
     "n_margin",
     "n_found_margin",
@@ -306,6 +307,7 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
             "cell",
             "n",
             "recovered",
+            "unseen control",
             "held-out look-alikes > 0.4",
             "aligned SSIM > 0.4",
             "min-max SSIM > 0.4",
@@ -318,6 +320,7 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
                 r["label"],
                 r["n"],
                 r["n_recovered"],
+                _control(r),
                 r["held_out_n_reconstructed"],
                 r["n_reconstructed"],
                 r["n_reconstructed_reference"],
@@ -329,7 +332,9 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
         ]
         legend = (
             "recovered: a candidate nearer to that training image than to any other training or held-out image, with "
-            "scale-aligned SSIM > 0.4. held-out look-alikes: training images whose nearest held-out test image already "
+            "scale-aligned SSIM > 0.4. unseen control: what the same verdict gives as many images the victim never saw "
+            "(outside the held-out pool) as there were candidates, chance at this many candidates; a count at or "
+            "below it is not a result. held-out look-alikes: training images whose nearest held-out test image already "
             "reaches aligned SSIM > 0.4, the baseline a raw SSIM count is read against."
         )
     if exp.figure == "law":  # the axis the law is read on
@@ -340,6 +345,11 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
     lines.append("|" + " --- |" * len(head))
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in body]
     return "\n".join([*lines, "", legend, ""])
+
+
+def _control(row: dict[str, Any]) -> str:
+    control = row.get("control")
+    return "—" if not control else f"{control['n_recovered']} ({control['count']} images)"
 
 
 def _minutes(row: dict[str, Any]) -> str:

@@ -171,6 +171,12 @@ def _image_headline(metrics: dict[str, Any], n: Any) -> tuple[str, str]:
             f"{metrics.get('held_out_n_reconstructed', '?')} of {n} (median "
             f"{_fmt(metrics.get('held_out_median_ssim_aligned'))})"
         )
+        control = metrics.get("control")
+        if control:
+            sub += (
+                f"; {control['count']} images the victim never saw, outside the pool, judged as candidates by the "
+                f"same verdict, recover {control['n_recovered']} of {n} (chance at this many candidates)"
+            )
     else:
         head = (
             f"{metrics.get('n_reconstructed', '?')} of {n} training images with SSIM > {threshold} (no held-out pool)"

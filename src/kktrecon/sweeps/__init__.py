@@ -19,13 +19,15 @@ What does not: the attack itself (``kktrecon.attack``) and the oracle verdict
 
 from __future__ import annotations
 
-from kktrecon.sweeps.config import OFFICIAL_SPACE, Parameter, SweepConfig
+from kktrecon.sweeps.config import CNN_SPACE, OFFICIAL_SPACE, SPACES, Parameter, SweepConfig
 from kktrecon.sweeps.pooling import SweepPool, pool_sweep
 from kktrecon.sweeps.selection import Features, candidate_features
 from kktrecon.sweeps.study import SweepResult, sweep
 
 __all__ = [
+    "CNN_SPACE",
     "OFFICIAL_SPACE",
+    "SPACES",
     "Features",
     "Parameter",
     "SweepConfig",

@@ -21,8 +21,10 @@ from kktrecon.registry import Registry
 from kktrecon.runs import RunKind
 
 __all__ = [
+    "CNN_SPACE",
     "OFFICIAL_SPACE",
     "SAMPLERS",
+    "SPACES",
     "SWEEP_FILE",
     "SWEEP_RUN",
     "Parameter",
@@ -61,6 +63,14 @@ OFFICIAL_SPACE: tuple[Parameter, ...] = (
     Parameter("lambda_min", 0.01, 0.5),
     Parameter("alpha", 10.0, 500.0),
 )
+#: For CNN victims: the reference space and the total-variation weight (a convolution's candidates are
+#: read through patches, so smoothness is a stronger part of what selects images; measured in
+#: benchmarks/NOTES.md, "CNN victims").
+CNN_SPACE: tuple[Parameter, ...] = (*OFFICIAL_SPACE, Parameter("tv_weight", 1e-3, 0.3, log=True))
+#: Named search spaces (``kktrecon sweep --space NAME``).
+SPACES: Registry[tuple[Parameter, ...]] = Registry("search space", ConfigError)
+SPACES.register("reference", OFFICIAL_SPACE)
+SPACES.register("cnn", CNN_SPACE)
 
 
 def _random(seed: int) -> Any:
