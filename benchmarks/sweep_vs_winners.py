@@ -37,7 +37,6 @@ from kktrecon.attack.released import winner
 from kktrecon.files import read_json
 from kktrecon.pipelines import evaluate
 from kktrecon.sweeps import SPACES, sweep
-from kktrecon.sweeps.config import load_sweep_config
 from kktrecon.training import train
 
 
@@ -82,7 +81,7 @@ def sweep_rows(folder: Path, name: str, budget: int, args: argparse.Namespace) -
         alone = [evaluate(r["dir"], data_root=args.data_root, figures=False, force=True).metrics["n_recovered"]
                  for r in extended]  # fmt: skip
         rows.append({
-            "victim": name, "space": args.space, "tv_weight": load_sweep_config(out).attack.tv_weight,
+            "victim": name, "space": args.space,
             "method": f"sweep ({args.space} space): {args.trials} × {short} it, kkt-best {k} + {extension} it, pooled",
             "n_recovered": pooled["n_recovered"], "n": pooled["n_train"], "trial_iterations": budget,
             "seconds": seconds, "extended_trials": [r["number"] for r in extended], "extended_alone": alone,

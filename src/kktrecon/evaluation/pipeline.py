@@ -557,9 +557,9 @@ def evaluate(
     victim, ds = load_victim(pooled.victim_run_dir, data_root=data_root, device=device)
     config = dataclasses.replace(config or EvaluationConfig(), **overrides)
     held_out, source = held_out_pool(ds, config.held_out)
-    control, control_source = (
-        control_images(ds, held_out, len(pooled.x), data_root=data_root) if ds.is_image else (None, "")
-    )
+    control, control_source = None, ""
+    if ds.is_image and len(held_out):  # without a pool there is no verdict, so no control either
+        control, control_source = control_images(ds, held_out, len(pooled.x), data_root=data_root)
     objective = get_objective(victim.manifest.get("objective") or ds.objective)
     result = evaluate_candidates(
         pooled.x.to(ds.x_train.device),

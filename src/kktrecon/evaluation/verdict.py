@@ -81,11 +81,11 @@ def control_metrics(
     control: Tensor, train: Tensor, held_out: Tensor, mean: Tensor, *, threshold: float, downsample: int, source: str
 ) -> dict[str, Any]:
     """The verdict's count for unseen images as candidates (the module docstring), for ``metrics.json``."""
-    control = control.to(train)
-    match = ncc_distance(train, control, downsample=downsample).argmin(dim=1)
-    verdict = recovery_verdict(control, train, held_out, mean, match, threshold=threshold, downsample=downsample)
+    # Only the count: the look-alike and chance baselines are the candidates' verdict's, not computed again.
+    _, _, best, ssim, _, _ = _owners(control.to(train), train, held_out, mean, None, threshold=threshold,
+                                     downsample=downsample)  # fmt: skip
     return {
-        "n_recovered": int(verdict.recovered.sum()),
+        "n_recovered": int(((best >= 0) & (ssim > threshold)).sum()),
         "count": int(control.shape[0]),
         "source": source,
         "criterion": "the verdict applied to images the victim never saw, outside the held-out pool, as many as "
@@ -117,24 +117,10 @@ def recovery_verdict(
         downsample: NCC matching resolution factor (2 for CIFAR-10).
         best_buddies: also require the recovering candidate to be the training image's nearest candidate.
     """
-    n, h = train.shape[0], held_out.shape[0]
-    pool = torch.cat([train, held_out.to(train)]) if h else train
-    dist = ncc_distance(candidates, pool, downsample=downsample)
-    nearest = dist.argmin(dim=1)
-    owners = torch.nonzero(nearest < n).flatten()
-    ssim = torch.zeros(n, dtype=torch.float64)
-    best = torch.full((n,), -1, dtype=torch.int64)
-    images = torch.zeros((n, *train.shape[1:]), dtype=torch.float64)
-    real = torch.zeros(candidates.shape[0], dtype=torch.bool)
-    if len(owners):
-        _, owner_images, owner_ssim = aligned_ssim(candidates[owners], train[nearest[owners]], mean)
-        real[owners.cpu()] = (owner_ssim > threshold).cpu()
-        for k, (j, value) in enumerate(zip(owners.tolist(), owner_ssim.cpu().tolist(), strict=True)):
-            i = int(nearest[j])
-            if best_buddies and int(match[i]) != j:
-                continue
-            if best[i] < 0 or value > ssim[i]:
-                best[i], ssim[i], images[i] = j, value, owner_images[k].cpu()
+    n = train.shape[0]
+    dist, nearest, best, ssim, images, real = _owners(
+        candidates, train, held_out, mean, match if best_buddies else None, threshold=threshold, downsample=downsample
+    )
     recovered = (best >= 0) & (ssim > threshold)
     ratio, look_index, look_ssim, look_images = _held_out_baselines(
         candidates, train, held_out, mean, match, dist, downsample
@@ -153,6 +139,43 @@ def recovery_verdict(
         candidate_real=real,
         candidate_nearest=torch.where(nearest < n, nearest, torch.full_like(nearest, -1)).cpu(),
     )
+
+
+def _owners(
+    candidates: Tensor,
+    train: Tensor,
+    held_out: Tensor,
+    mean: Tensor,
+    match: Tensor | None,
+    *,
+    threshold: float,
+    downsample: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Each training image's best candidate among those whose NCC-nearest pool image it is.
+
+    ``match``: only a training image's matched candidate may serve it (best buddies); None: any.
+    Returns the candidate-to-pool distances, each candidate's nearest pool image, and per training
+    image its best owner (−1: none), that owner's aligned SSIM and image; and which candidates are real.
+    """
+    n, h = train.shape[0], held_out.shape[0]
+    pool = torch.cat([train, held_out.to(train)]) if h else train
+    dist = ncc_distance(candidates, pool, downsample=downsample)
+    nearest = dist.argmin(dim=1)
+    owners = torch.nonzero(nearest < n).flatten()
+    ssim = torch.zeros(n, dtype=torch.float64)
+    best = torch.full((n,), -1, dtype=torch.int64)
+    images = torch.zeros((n, *train.shape[1:]), dtype=torch.float64)
+    real = torch.zeros(candidates.shape[0], dtype=torch.bool)
+    if len(owners):
+        _, owner_images, owner_ssim = aligned_ssim(candidates[owners], train[nearest[owners]], mean)
+        real[owners.cpu()] = (owner_ssim > threshold).cpu()
+        for k, (j, value) in enumerate(zip(owners.tolist(), owner_ssim.cpu().tolist(), strict=True)):
+            i = int(nearest[j])
+            if match is not None and int(match[i]) != j:
+                continue
+            if best[i] < 0 or value > ssim[i]:
+                best[i], ssim[i], images[i] = j, value, owner_images[k].cpu()
+    return dist, nearest, best, ssim, images, real
 
 
 def _held_out_baselines(
