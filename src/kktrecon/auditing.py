@@ -10,7 +10,8 @@ image, aligned SSIM > 0.4), the attacker's own ranking, recovery against the mod
 model's validity findings (homogeneity, closeness to a KKT point) and what raises or lowers the risk.
 
 Its owner knows more than the weights (METHOD §6): with the initial weights (``init_weights``) the audit
-also runs the owner's families (:mod:`kktrecon.attack.unmixing` on a dense first layer), pools every
+also runs the owner's families (:mod:`kktrecon.attack.unmixing` on a dense first layer; behind convolutions,
+:mod:`kktrecon.attack.delta` on the dense layer they feed, else the simulation), pools every
 family's candidates under the one verdict, says per family what ran, what it recovered and what could not
 run (and which input would let it), and adds membership evidence: each image's residual outside the first
 layer's change, as an ROC over training and held-out images. The recipe (``recipe``: optimiser, lr,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import json
 import math
@@ -65,7 +67,7 @@ AUDIT_REPORT = "audit.html"
 MEANS = ("train", "none")
 #: An audit directory: its record when it starts, its report when it ends, its sweep and evaluation.
 AUDIT_RUN = RunKind(
-    manifest=AUDIT_REPORT, state=AUDIT_FILE, dirs=("sweep", "evaluation", "unmix", "simulate"), what="audit"
+    manifest=AUDIT_REPORT, state=AUDIT_FILE, dirs=("sweep", "evaluation", "unmix", "delta", "simulate"), what="audit"
 )
 #: The fields a recipe file may hold (anything else is refused): how the model was trained.
 RECIPE_FIELDS = {
@@ -104,7 +106,8 @@ class AuditConfig:
             display and matching.
         rank: the first layer's rank for the unmixing; None reads it from the singular values (Adam: 2n).
         simulate_iterations: iterations of the simulation family (:mod:`kktrecon.attack.simulation`), run
-            with θ₀ and an SGD recipe where the first layer is not dense (a CNN); its time comes out of the budget.
+            with θ₀ and an SGD recipe where no dense layer of two outputs or more follows the convolutions; its
+            time comes out of the budget.
     """
 
     budget_s: float = 900.0
@@ -474,6 +477,24 @@ def _owner_row_space(victim: Victim, config: AuditConfig) -> tuple[Any, str | No
     return row_space(victim, UnmixConfig(rank=rank)), None
 
 
+def _delta_note(inputs: _Inputs) -> str | None:
+    """Why the Δθ family does not run for these inputs (None: it runs)."""
+    from kktrecon.attack.delta import dense_layer
+
+    victim = inputs.victim
+    if victim.initial_state is None:
+        return "needs the initial weights (--init-weights): it reads a dense layer's change from θ₀"
+    if inputs.row_space is not None:
+        return "the first layer is dense: its change is unmixed exactly (the unmix family)"
+    try:
+        layer = dense_layer(victim.model)
+    except UnsupportedModelError as err:
+        return str(err)
+    if layer.layer.out_features < 2:
+        return "the only dense layer has one output: its change has rank one and carries no single image"
+    return None
+
+
 def _simulation_note(inputs: _Inputs) -> str | None:
     """Why the simulation family does not run for these inputs (None: it runs)."""
     victim = inputs.victim
@@ -481,6 +502,8 @@ def _simulation_note(inputs: _Inputs) -> str | None:
         return "needs the initial weights and the recipe (--init-weights, --recipe): it replays training from θ₀"
     if inputs.row_space is not None:
         return "the first layer is dense: its change is unmixed exactly (the unmix family), no simulation needed"
+    if _delta_note(inputs) is None:
+        return "a dense layer follows the convolutions: its change is read by the delta family, no simulation needed"
     if (victim.recipe or {}).get("optimizer", "sgd") != "sgd":
         return "it replays SGD recipes; this one is Adam"
     if victim.steps_trained is None:
@@ -492,39 +515,43 @@ def _run_owner_families(
     out: Path, inputs: _Inputs, config: AuditConfig, *, resume: bool, progress: bool
 ) -> dict[str, CandidateSet]:
     """Every owner family the inputs allow, each into its own subdirectory; their candidates by family name."""
-    from kktrecon.attack import run_attack
+    from kktrecon.attack.delta import dense_layer
 
-    if inputs.row_space is None:
-        if _simulation_note(inputs) is not None:
-            return {}
-        if progress:
-            Console(stderr=True).print(
-                f"audit: replaying the recipe from θ₀ on candidates ({config.simulate_iterations} iterations; the "
-                "first layer is not dense, so its change cannot be unmixed)",
-                highlight=False,
-            )
-        done = resume and (out / "simulate" / "simulate.state").exists()
-        simulated = run_attack("simulate", inputs.victim, out=out / "simulate", resume=done, progress=progress,
-                               device="cpu", iterations=config.simulate_iterations)  # fmt: skip
-        return {"simulate": simulated.to(dtype=torch.float64)}
-    if progress:
-        Console(stderr=True).print(
-            f"audit: unmixing the first layer's change (rank {inputs.row_space.rank}, drop "
-            f"{inputs.row_space.drop:.3g}, decay {inputs.row_space.decay:.6g})",
-            highlight=False,
-        )
     victim = inputs.victim
-    cfg = {"rank": inputs.row_space.rank if config.rank or (victim.recipe or {}).get("optimizer") == "adam" else None}
-    done = resume and (out / "unmix" / "unmix.state").exists()
-    unmixed = run_attack("unmix", victim, out=out / "unmix", resume=done, progress=False, device="cpu", **cfg)
-    return {"unmix": unmixed.to(dtype=torch.float64)}
+    run = functools.partial(_run_owner_family, out, victim, resume=resume, progress=progress)
+    if inputs.row_space is not None:
+        space = inputs.row_space
+        rank = space.rank if config.rank or (victim.recipe or {}).get("optimizer") == "adam" else None
+        note = f"unmixing the first layer's change (rank {space.rank}, drop {space.drop:.3g}, decay {space.decay:.6g})"
+        return run("unmix", note, bar=False, rank=rank)
+    if _delta_note(inputs) is None:
+        name = dense_layer(victim.model).weight.removesuffix(".weight")
+        return run("delta", f"explaining the change of the dense layer {name!r} by candidates' features (the first "
+                   "layer is not dense)")  # fmt: skip
+    if _simulation_note(inputs) is None:
+        return run("simulate", f"replaying the recipe from θ₀ on candidates ({config.simulate_iterations} iterations; "
+                   "no dense layer follows the first)", iterations=config.simulate_iterations)  # fmt: skip
+    return {}
+
+
+def _run_owner_family(
+    out: Path, victim: Victim, name: str, note: str, *, resume: bool, progress: bool, bar: bool = True, **settings: Any
+) -> dict[str, CandidateSet]:
+    """One owner family into ``out/name`` (resumed where its state is), said first; its candidates by name."""
+    from kktrecon.attack import get_attack, run_attack
+
+    if progress:
+        Console(stderr=True).print(f"audit: {note}", highlight=False)
+    done = resume and (out / name / get_attack(name).kind.state).exists()
+    found = run_attack(name, victim, out=out / name, resume=done, progress=progress and bar, device="cpu", **settings)
+    return {name: found.to(dtype=torch.float64)}
 
 
 def _families(inputs: _Inputs, pools: dict[str, CandidateSet], recovered: dict[str, int]) -> list[dict[str, Any]]:
     """Per family: whether it ran, its candidates, what it recovered alone; or why it could not run."""
     rows = []
-    why_not = {"unmix": inputs.unmix_note, "simulate": _simulation_note(inputs)}
-    for name in ("kkt", "unmix", "simulate"):
+    why_not = {"unmix": inputs.unmix_note, "delta": _delta_note(inputs), "simulate": _simulation_note(inputs)}
+    for name in ("kkt", "unmix", "delta", "simulate"):
         if name in pools:
             row: dict[str, Any] = {"family": name, "ran": True, "candidates": len(pools[name])}
             row["n_recovered"] = recovered.get(name)

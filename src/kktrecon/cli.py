@@ -346,8 +346,9 @@ def reconstruct(
     attack: Annotated[
         str,
         typer.Option(
-            help="Attack family: kkt (the weights alone), unmix (needs the run's initial weights); "
-            "other families take their settings by --set."
+            help="Attack family: kkt (the weights alone); unmix (a dense first layer) and delta (a dense layer "
+            "behind convolutions) need the run's initial weights, simulate also its recipe; other families' "
+            "settings by --set."
         ),
     ] = "kkt",
     settings: SetOption = None,

@@ -11,6 +11,10 @@ What lives here:
   and a :class:`~kktrecon.candidates.CandidateSet` out.
 - ``unmixing.py``: the owner's family ``unmix``: the first dense layer's change W₁ − W₁⁽⁰⁾ spans the training
   images (SGD); its row space, rank and an unmixing into images (needs the initial weights).
+- ``delta.py``: the owner's family ``delta``: a dense layer behind any layers (a CNN's read-out) changes within
+  the span of the training inputs' features; candidates whose features span it (needs the initial weights).
+- ``simulation.py``: the owner's family ``simulate``: the recipe replayed from θ₀ on candidates (SimuDy);
+  ``descent.py``: the Adam loop, checkpoints and resume the owner's gradient families share.
 - ``config.py``, ``terms.py``, ``gram.py``: the KKT family's config, its loss as a list of terms, and the
   per-layer Gram rules that let K trials advance as one program.
 - ``loop.py``: the one optimisation loop and the life of a trial (open, resume, checkpoint, finish).
@@ -23,6 +27,7 @@ who holds the weights and nothing else.
 
 from __future__ import annotations
 
+from kktrecon.attack import delta as _delta  # noqa: F401  (registers the owner's family `delta`)
 from kktrecon.attack import simulation as _simulation  # noqa: F401  (registers the owner's family `simulate`)
 from kktrecon.attack import unmixing as _unmixing  # noqa: F401  (registers the owner's family `unmix`)
 from kktrecon.attack.engine import ReconstructionConfig, ReconstructionResult, attack_loss, initial_state, reconstruct

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,25 +37,22 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from kktrecon.attack.descent import Descent, descend
 from kktrecon.attack.families import AttackFamily, register_attack
 from kktrecon.attack.objectives import Objective
 from kktrecon.attack.terms import total_variation
 from kktrecon.attack.victim import Preprocessing, Victim
 from kktrecon.candidates import CandidateSet
 from kktrecon.checks import check_int, check_number, is_int
-from kktrecon.configs import config_to_dict
 from kktrecon.devices import resolve_device, resolve_dtype
 from kktrecon.errors import ConfigError, UnsupportedModelError
 from kktrecon.files import (
     CANDIDATES_FILE,
     RECONSTRUCTION_FILE,
     atomic_write_json,
-    load_state,
     package_versions,
-    save_state,
 )
-from kktrecon.progress import progress_bar
-from kktrecon.runs import RunKind, check_resumable, check_same_victim, open_run, same_length
+from kktrecon.runs import RunKind, open_run
 
 __all__ = [
     "Schedule",
@@ -231,30 +226,24 @@ class Simulation(AttackFamily):
         target = torch.cat([(p.detach() - theta0[k]).flatten() for k, p in model.named_parameters()])
         labels = objective.candidate_labels(m, victim.num_outputs).to(dev, dtype)
         targets = objective.candidate_targets(labels)
-        state = _Replay.start(victim, config, m, schedule, dev, dtype)
-        if run is not None and run.status != "new" and state.restore(run, victim, config):
+        gen = torch.Generator().manual_seed(config.seed)
+        x0 = torch.randn((m, *victim.input_shape), generator=gen, dtype=torch.float64) * config.init_scale
+        log0 = torch.tensor(math.log(schedule.step_size), device=dev, dtype=dtype)
+        state = Descent.start({"x": (x0.to(dev, dtype), config.lr), "log_step": (log0, config.step_lr)}, config)
+        x, log_step = state.params["x"], state.params["log_step"]
+        if run is not None and run.status != "new" and state.restore(run, victim, config.iterations):
             return CandidateSet.load(run.path)
-        with progress_bar("simulate", total=config.iterations, enabled=progress, completed=state.done) as bar:
-            while state.done < config.iterations:
-                terms = simulation_loss(model, theta0, target, state.x, targets, objective, state.log_step, schedule,
-                                        victim.preprocessing, config)  # fmt: skip
-                if not torch.isfinite(terms["total"]):
-                    state.save(run, victim)
-                    raise ConfigError(
-                        f"The simulation diverged at iteration {state.done} (loss {float(terms['total'])}); the "
-                        "last checkpoint is kept. Lower `lr` or `max_step`."
-                    )
-                state.step(terms)
-                if state.history and state.history[-1]["iteration"] == state.done - 1:
-                    point = state.history[-1]
-                    bar.update(postfix=f"cos {point['cosine']:.4f} · box {point['box']:.3g} · η {point['step']:.3g}")
-                bar.advance(1)
-                if config.checkpoint_every and state.done % config.checkpoint_every == 0:
-                    state.save(run, victim)
-        state.save(run, victim)
-        learned = float(state.log_step.detach().exp())
+
+        def loss() -> dict[str, Tensor]:
+            return simulation_loss(model, theta0, target, x, targets, objective, log_step, schedule,
+                                   victim.preprocessing, config)  # fmt: skip
+
+        descend(state, loss, iterations=config.iterations, checkpoint_every=config.checkpoint_every, run=run,
+                victim=victim, what="simulate", progress=progress,
+                postfix=lambda p: f"cos {p['cosine']:.4f} · box {p['box']:.3g} · η {p['step']:.3g}")  # fmt: skip
+        learned = float(log_step.detach().exp())
         source = {"attack": self.name, "iteration": state.done, "steps": schedule.steps, "step_size": learned}
-        candidates = CandidateSet.of(state.x.detach().clone(), torch.ones(m, device=dev, dtype=dtype), labels,
+        candidates = CandidateSet.of(x.detach().clone(), torch.ones(m, device=dev, dtype=dtype), labels,
                                      victim=victim.describe(), **source)  # fmt: skip
         if run is not None:
             candidates.save(run.path)
@@ -287,86 +276,6 @@ def _checked(
             "or `candidates`, or raise `max_memory_gb`."
         )
     return objective, schedule, m, need
-
-
-@dataclass
-class _Replay:
-    """What the simulation advances: candidates, log η, Adam, the history; saved and restored exactly."""
-
-    x: Tensor
-    log_step: Tensor
-    opt: torch.optim.Adam
-    config: SimulationConfig
-    record: dict[str, Any]
-    done: int = 0
-    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    before: float = 0.0  # seconds run before this process resumed it
-    started: float = dataclasses.field(default_factory=time.perf_counter)
-
-    @classmethod
-    def start(
-        cls, victim: Victim, config: SimulationConfig, m: int, schedule: Schedule, dev: torch.device, dtype: torch.dtype
-    ) -> _Replay:
-        gen = torch.Generator().manual_seed(config.seed)
-        x = torch.randn((m, *victim.input_shape), generator=gen, dtype=torch.float64) * config.init_scale
-        x = x.to(dev, dtype).requires_grad_(True)
-        log_step = torch.tensor(math.log(schedule.step_size), device=dev, dtype=dtype, requires_grad=True)
-        opt = torch.optim.Adam([{"params": [x], "lr": config.lr}, {"params": [log_step], "lr": config.step_lr}])
-        return cls(x, log_step, opt, config, config_to_dict(config))
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-    def step(self, terms: dict[str, Tensor]) -> None:
-        self.opt.zero_grad()
-        terms["total"].backward()
-        self.opt.step()
-        if self.done % self.config.log_every == 0:
-            point = {k: float(v.detach()) for k, v in terms.items()}
-            self.history.append({"iteration": self.done, **point, "seconds": self.seconds()})
-        self.done += 1
-
-    def save(self, run: Any, victim: Victim) -> None:
-        if run is None:
-            return
-        tensors = {"x": self.x, "log_step": self.log_step}
-        steps = []
-        for i, p in enumerate((self.x, self.log_step)):
-            state = self.opt.state.get(p, {})
-            if state:
-                tensors[f"exp_avg_{i}"], tensors[f"exp_avg_sq_{i}"] = state["exp_avg"], state["exp_avg_sq"]
-                steps.append(float(state["step"]))
-        meta = {"done": self.done, "history": self.history, "seconds": self.seconds(), "config": self.record,
-                "victim": victim.describe(), "adam_steps": steps}  # fmt: skip
-        save_state(run.state, tensors, meta)
-
-    def restore(self, run: Any, victim: Victim, config: SimulationConfig) -> bool:
-        """Load the run's state after checking it; True when it is finished as asked (nothing left to run)."""
-        tensors, meta = load_state(run.state)
-        check_resumable(meta.get("config", {}), self.record, where=run.path, free=("iterations", "checkpoint_every"))
-        check_same_victim(run.path, meta.get("victim", {}).get("fingerprint"), victim.fingerprint)
-        if run.status == "finished" and same_length(run, done=meta["done"], requested=config.iterations,
-                                                    unit="iterations"):  # fmt: skip
-            return True
-        with torch.no_grad():
-            self.x.copy_(tensors["x"])
-            self.log_step.copy_(tensors["log_step"])
-        self.opt.load_state_dict(_optimizer_state(self.opt, tensors, meta["adam_steps"]))
-        self.done, self.history, self.before = int(meta["done"]), meta["history"], float(meta["seconds"])
-        self.started = time.perf_counter()
-        return False
-
-
-def _optimizer_state(opt: torch.optim.Adam, tensors: Mapping[str, Tensor], steps: list[float]) -> dict[str, Any]:
-    """Adam's state dict rebuilt from a checkpoint's moments (so that a resumed run continues exactly)."""
-    state = opt.state_dict()
-    for i, count in enumerate(steps):
-        state["state"][i] = {
-            "step": torch.tensor(count),
-            "exp_avg": tensors[f"exp_avg_{i}"].clone(),
-            "exp_avg_sq": tensors[f"exp_avg_sq_{i}"].clone(),
-        }
-    return state
 
 
 def simulate(victim: Victim, config: SimulationConfig | None = None, **overrides: Any) -> CandidateSet:

@@ -68,12 +68,21 @@ __all__ = [
     "Unmixing",
     "fastica",
     "first_dense_layer",
+    "predicted_labels",
     "row_space",
 ]
 
 
 class NoTrainingSignalError(UnsupportedModelError):
     """The initial weights do not explain the final ones as the theory requires (no change, or no rank drop)."""
+
+
+def predicted_labels(model: nn.Module, x: Tensor) -> Tensor:
+    """The model's labels for candidates ``x`` (±1 from one logit, else the argmax), in ``x``'s dtype and device."""
+    p = next(model.parameters())
+    with torch.no_grad():
+        out = model(x.to(device=p.device, dtype=p.dtype)).detach().to(x)
+    return torch.where(out[:, 0] >= 0, 1.0, -1.0).to(x) if out.shape[1] == 1 else out.argmax(dim=1).to(x)
 
 
 def _gradients(rows: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -520,11 +529,7 @@ class Unmixing(AttackFamily):
         pixels = self._pool(estimates, space, config)
         r = len(pixels)
         x = victim.preprocessing.to_inputs(pixels.reshape(r, *victim.input_shape))
-        model = victim.model
-        p = next(model.parameters())
-        with torch.no_grad():
-            out_ = model(x.to(device=p.device, dtype=p.dtype)).detach().cpu().to(dtype)
-        y = torch.where(out_[:, 0] >= 0, 1.0, -1.0) if out_.shape[1] == 1 else out_.argmax(dim=1).to(dtype)
+        y = predicted_labels(victim.model, x).cpu().to(dtype)
         lam = torch.ones(r, dtype=dtype)
         source = {"attack": self.name, "iteration": done, "rank": space.rank, "decay": space.decay, "drop": space.drop}
         candidates = CandidateSet.of(x.to(dtype), lam, y, victim=victim.describe(), **source)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from kktrecon.attack.config import ReconstructionConfig
+from kktrecon.attack.delta import DeltaConfig
 from kktrecon.attack.released import WINNERS, winner
 from kktrecon.attack.simulation import SimulationConfig
 from kktrecon.attack.unmixing import UnmixConfig
@@ -82,7 +83,8 @@ _LAW_CNN = (("16-32", (16, 32), ()), ("32-64", (32, 64), ()), ("32-64-h100", (32
 _LAW_ATTACK = dict(iterations=12_000, checkpoint_every=1_000, log_every=100)
 # The owner's side of the law: default-init victims (PyTorch's initialisation, SGD at lr 0.05), attacked with
 # θ₀ and the recipe. ΔW₁ of an MLP has rank ≤ min(w, n): the unmixing reads at most w images. A CNN's first
-# layer mixes patches, so its victim is replayed instead (stopped at loss 0.05: 110 steps, 28 simulated).
+# layer mixes patches: a CNN with a dense read-out (32-64 + 100, p/dn 21) is attacked through that layer's change
+# (the Δθ family); one without (64-128, p/dn 5.2) is replayed (stopped at loss 0.05: 110 steps, 28 simulated).
 _LAW_OWNER_MLP = (5, 20, 100, 1000)
 _LAW_OWNER = dict(init="pytorch", lr=0.05, steps=3_000, loss_threshold=1e-3, checkpoint_every=1_000)
 
@@ -332,6 +334,14 @@ for _exp in (
             for w in _LAW_OWNER_MLP
         )
         + (
+            Cell(
+                "owner-cnn-32-64-h100",
+                victim(model=CNNConfig(channels=(32, 64), hidden=(100,), bias="all"), **_LAW_OWNER),
+                DeltaConfig(),
+                group="owner: Δθ of the dense layer, default-init CNN",
+                label="Δθ 32-64 + 100",
+                family="delta",
+            ),
             Cell(
                 "owner-cnn-64-128",
                 victim(model=CNNConfig(channels=(64, 128), bias="all"), **{**_LAW_OWNER, "loss_threshold": 0.05}),
