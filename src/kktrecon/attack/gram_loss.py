@@ -21,7 +21,6 @@ from functools import cached_property
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kktrecon.attack.gram import GramRule, gram_rule
@@ -87,10 +86,22 @@ class GramNet:
         return weights + sum((b.detach() ** 2).sum() for b in (layer.bias for layer in self.layers) if b is not None)
 
 
-def _modified_relu(z: Tensor, alpha: Tensor) -> Tensor:
-    """ReLU forward, sigmoid(α·z) derivative: the attack's activation as a differentiable expression."""
-    smooth = F.softplus(alpha * z) / alpha
-    return z.clamp_min(0).detach() + smooth - smooth.detach()
+class _GatedReLU(torch.autograd.Function):
+    """ReLU forward; ``gate`` = sigmoid(α·z), computed once by the caller, as its derivative backward.
+
+    The Gram form is differentiated once (no double backward), so the gate needs no gradient here; the
+    caller reuses the same differentiable gate to back-propagate δ, where its own derivative does count.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, gate: Tensor) -> Tensor:
+        ctx.save_for_backward(gate)
+        return z.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        (gate,) = ctx.saved_tensors
+        return grad_output * gate, None
 
 
 def gram_attack_loss(
@@ -126,13 +137,14 @@ def _stationarity(net: GramNet, x: Tensor, lam: Tensor, y: Tensor, objective: Ob
     k, m = x.shape[:2]
     h = x.reshape(k * m, *x.shape[2:])
     alpha_rows = alpha.repeat_interleave(m).to(h)
-    seen = []  # each op's input
-    for op in net.ops:
+    seen, gates = [], {}  # each op's input; each ReLU's sigmoid(α·z), its derivative
+    for i, op in enumerate(net.ops):
         seen.append(h)
         if op.kind == "layer":
             h = op.rule.forward(op.module, h)
         elif op.kind == "relu":
-            h = _modified_relu(h, _per_row(alpha_rows, h))
+            gates[i] = torch.sigmoid(_per_row(alpha_rows, h) * h)
+            h = _GatedReLU.apply(h, gates[i].detach())
         else:
             h = op.module(h)
     out = h.reshape(k, m, -1)
@@ -151,7 +163,7 @@ def _stationarity(net: GramNet, x: Tensor, lam: Tensor, y: Tensor, objective: Ob
             if i > first:
                 delta = op.rule.backward(op.module, delta, a)
         elif op.kind == "relu":
-            delta = delta * torch.sigmoid(_per_row(alpha_rows, a) * a)
+            delta = delta * gates[i]
         elif isinstance(op.module, nn.Flatten):
             delta = delta.reshape(a.shape)
         else:  # a piecewise-linear module: its Jacobian at the (detached) input, applied to δ
