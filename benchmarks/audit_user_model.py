@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from kktrecon.data import load_dataset
 
 
 def write_folder(folder: Path, images: torch.Tensor, labels: list[int]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)  # a run with fewer images must not read an earlier run's extras
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         target = folder / ("even" if label == 0 else "odd")
         target.mkdir(parents=True, exist_ok=True)
@@ -146,6 +148,7 @@ def main() -> None:
         "budget": args.budget,
         "audit_seconds": round(audit_s, 1),
         "n_recovered": metrics["n_recovered"],
+        "control": metrics.get("control"),
         "held_out_n_reconstructed": metrics.get("held_out_n_reconstructed"),
         "n_reconstructed": metrics.get("n_reconstructed"),
         "median_ssim_aligned": metrics.get("median_ssim_aligned"),
@@ -158,11 +161,15 @@ def main() -> None:
     rows = [r for r in rows if r["model"] != row["model"]] + [row]
     write_json(args.out, {"rows": rows})
     print_table(
-        ["model", "n", "held-out", "train", "audit", "recovered", "held-out look-alikes > 0.4"],
+        ["model", "n", "held-out", "train", "audit", "recovered", "unseen control", "held-out look-alikes > 0.4"],
         [[r["model"], r["n"], r["held_out"], f"{r['train_steps']} steps, {r['train_seconds']} s",
           f"{r['budget']}: {r['audit_seconds'] / 60:.1f} min", f"{r['n_recovered']} of {r['n']}",
-          r["held_out_n_reconstructed"]] for r in rows],
+          _control(r.get("control")), r["held_out_n_reconstructed"]] for r in rows],
     )  # fmt: skip
+
+
+def _control(control: dict | None) -> str:
+    return "—" if not control else f"{control['n_recovered']} ({control['count']} images)"
 
 
 if __name__ == "__main__":

@@ -209,3 +209,7 @@ def test_a_cnns_owner_audit_reads_the_dense_layer_behind_the_convolution(owner: 
     assert not families["unmix"]["ran"] and "Conv2d" in families["unmix"]["why_not"]
     assert not families["simulate"]["ran"] and "delta family" in families["simulate"]["why_not"]
     assert (tmp_path / "a" / "delta" / "candidates.safetensors").is_file()
+    # Membership behind convolutions: the training images' features at θ₀ lie in the dense layer's change.
+    member = result.metrics["membership"]
+    assert "features at θ₀" in member["score"] and member["n_non_members"] == 100
+    assert member["auc"] > 0.95, member  # measured: 1.000, every training image above every held-out one

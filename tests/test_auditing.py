@@ -91,8 +91,13 @@ def test_the_cli_audit_finds_training_images_and_no_held_out_one(user, tmp_path)
     assert all("/train/" in f for f in metrics["recovered_files"])
     assert (metrics["trials"], metrics["iterations_per_trial"]) == (16, 500)  # fixed: independent of the machine
     assert _held_out_recovered(out, root) == 0
+    # Read against the unseen control: held-out images as candidates, each left out of the pool in turn.
+    control = metrics["control"]
+    assert control["count"] == min(metrics["n_candidates"], 200) and "left out" in control["placement"]
+    assert f"recover {control['n_recovered']} (chance" in result.output
     page = (out / "audit.html").read_text(encoding="utf-8")
     assert "training images recovered from the weights" in page and "What raises or lowers the risk" in page
+    assert f"judged as candidates by the same verdict, recover {control['n_recovered']} of 10" in page
     assert 'src="data:image/png;base64,' in page and "<script" not in page
 
 

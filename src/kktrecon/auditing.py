@@ -51,6 +51,7 @@ from kktrecon.data.folder import Images, load_images
 from kktrecon.devices import resolve_device
 from kktrecon.errors import CheckpointError, ConfigError, RunStateError, UnsupportedModelError
 from kktrecon.evaluation import evaluate_candidates, membership_metrics
+from kktrecon.evaluation.verdict import control_metrics
 from kktrecon.files import POOL_DIR, atomic_write_json, package_versions, read_json
 from kktrecon.models.checkpoints import check_state_dict
 from kktrecon.models.spec import fit_weights, load_weights
@@ -547,14 +548,17 @@ def _run_owner_family(
     return {name: found.to(dtype=torch.float64)}
 
 
-def _families(inputs: _Inputs, pools: dict[str, CandidateSet], recovered: dict[str, int]) -> list[dict[str, Any]]:
-    """Per family: whether it ran, its candidates, what it recovered alone; or why it could not run."""
+def _families(
+    inputs: _Inputs, pools: dict[str, CandidateSet], recovered: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per family: whether it ran, its candidates, what it recovered alone and its unseen control at as many
+    candidates; or why it could not run."""
     rows = []
     why_not = {"unmix": inputs.unmix_note, "delta": _delta_note(inputs), "simulate": _simulation_note(inputs)}
     for name in ("kkt", "unmix", "delta", "simulate"):
         if name in pools:
             row: dict[str, Any] = {"family": name, "ran": True, "candidates": len(pools[name])}
-            row["n_recovered"] = recovered.get(name)
+            row.update(recovered.get(name, {}))
             if name == "unmix" and inputs.row_space is not None:
                 row.update(inputs.row_space.describe())
             rows.append(row)
@@ -564,13 +568,24 @@ def _families(inputs: _Inputs, pools: dict[str, CandidateSet], recovered: dict[s
 
 
 def _membership(inputs: _Inputs) -> dict[str, Any] | None:
-    """The row-space residual of each training and held-out image as membership evidence (None without both)."""
-    if inputs.row_space is None or inputs.held_out is None:
+    """Each training and held-out image's residual outside what the owner's family reads as membership evidence:
+    the first layer's row space (unmix), or the dense layer's change seen through the features at θ₀ (delta).
+    None without held-out images, or where neither family runs."""
+    from kktrecon.attack.delta import feature_residual
+
+    if inputs.held_out is None:
         return None
-    space = inputs.row_space
-    train = space.residual(torch.as_tensor(inputs.train.x, dtype=torch.float64))
-    held = space.residual(torch.as_tensor(inputs.held_out.x, dtype=torch.float64))
-    return membership_metrics(-train, -held, score="minus the relative residual outside the first layer's change")
+    if inputs.row_space is not None:
+        space = inputs.row_space
+        train = space.residual(torch.as_tensor(inputs.train.x, dtype=torch.float64))
+        held = space.residual(torch.as_tensor(inputs.held_out.x, dtype=torch.float64))
+        return membership_metrics(-train, -held, score="minus the relative residual outside the first layer's change")
+    if _delta_note(inputs) is None:
+        train = feature_residual(inputs.victim, inputs.inputs(inputs.train.x))
+        held = feature_residual(inputs.victim, inputs.inputs(inputs.held_out.x))
+        return membership_metrics(-train, -held, score="minus the relative residual of the features at θ₀ outside "
+                                  "the top-2n subspace of the dense layer's change")  # fmt: skip
+    return None
 
 
 def _state_fingerprint(state: Mapping[str, torch.Tensor] | None) -> str | None:
@@ -669,17 +684,28 @@ def _evaluate(
         "held_out_source": f"{len(held)} images given with --held-out" if held is not None else "none given",
         "objective": inputs.objective,
     }
-    per_family = {}
+    per_family: dict[str, dict[str, Any]] = {}
     if len(pools) > 1:
         for name, pool in pools.items():
             alone = evaluate_candidates(inputs.verdict_space(pool.x), train, y_train, mean, **common)
-            per_family[name] = int(alone.metrics.get("n_recovered", 0))
+            per_family[name] = {"n_recovered": int(alone.metrics.get("n_recovered", 0))}
     pooled = CandidateSet.concatenate(list(pools.values())) if len(pools) > 1 else next(iter(pools.values()))
     result = evaluate_candidates(
         inputs.verdict_space(pooled.x), train, y_train, mean, lam=pooled.lam, candidate_labels=pooled.y, **common
     )
     if len(pools) == 1:
-        per_family[next(iter(pools))] = int(result.metrics.get("n_recovered", 0))
+        per_family[next(iter(pools))] = {"n_recovered": int(result.metrics.get("n_recovered", 0))}
+    if held is not None and len(held) >= 2:
+        # The unseen control at each count of candidates judged (pooled, and each family alone).
+        def control(m: int) -> dict[str, Any]:
+            k = min(m, len(held))
+            return control_metrics(held[:k], train, held, mean, threshold=result.metrics["ssim_threshold"],
+                                   downsample=inputs.victim.downsample, left_out=True,
+                                   source=f"the first {k} of the {len(held)} images given with --held-out")  # fmt: skip
+
+        result.metrics["control"] = control(len(pooled.x))
+        for name, pool in pools.items():
+            per_family[name]["control_n_recovered"] = control(len(pool.x))["n_recovered"]
     result.metrics["attacker"] = {"criterion": "oracle-free ranking of the pooled sweep (see the sweep's pool)"}
     if result.verdict is not None:
         real = result.verdict.candidate_real

@@ -675,7 +675,7 @@ def audit(
     writes a self-contained audit.html (per family, and membership evidence when θ₀ is given).
     """
     from kktrecon.auditing import audit as run_audit
-    from kktrecon.reporting.html import WEAK_POOL, weak_pool_note
+    from kktrecon.reporting.html import WEAK_POOL, chance_note, family_line, weak_pool_note
 
     with _errors():
         if held_out is None:
@@ -692,13 +692,17 @@ def audit(
     out.print(_styled(f"{len(result.recovered)} of {result.metrics['n_train']} training images recovered", "bold"))
     for name in result.recovered:
         out.print(f"  {name}", highlight=False)
-    for row in result.metrics.get("families", []):
-        text = (
-            f"ran: {row.get('candidates')} candidates, {row.get('n_recovered')} recovered alone"
-            if row["ran"]
-            else f"did not run: {row.get('why_not')}"
+    control = result.metrics.get("control")
+    if control:
+        out.print(
+            f"read against: {control['count']} held-out images as candidates ({control['placement']}) recover "
+            f"{control['n_recovered']} (chance at this many candidates)",
+            highlight=False,
         )
-        out.print(f"  {row['family']}: {text}", highlight=False)
+    if (chance := chance_note(result.metrics)) is not None:
+        err.print(_styled("warning:", "yellow", chance), highlight=False)
+    for row in result.metrics.get("families", []):
+        out.print(f"  {row['family']}: {family_line(row)}", highlight=False)
     member = result.metrics.get("membership")
     if member:
         at = member.get("tpr_at_fpr_0.01")

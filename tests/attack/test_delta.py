@@ -50,9 +50,7 @@ def trained() -> tuple[Victim, torch.Tensor]:
 
 def _unexplained(victim: Victim, pixels: torch.Tensor, config: dl.DeltaConfig) -> float:
     space = dl.layer_subspace(victim, config, N)
-    final = {k: v.detach() for k, v in victim.model.state_dict().items()}
-    init = victim.initial_state
-    states = [{k: init[k] + s * (final[k] - init[k]) for k in final} for s in config.stages]
+    states = dl.path_states(victim.model, victim, config.stages)
     return float(dl.delta_loss(victim.model, space, states, pixels, victim, config)["unexplained"])
 
 
@@ -64,6 +62,29 @@ def test_the_training_images_features_explain_the_dense_layers_change_and_held_o
     assert _unexplained(victim, pixels, config) < 0.01
     for seed in (1, 2):
         assert _unexplained(victim, _pixels(N, seed), config) > 0.4
+
+
+def test_one_step_on_the_dense_layer_alone_writes_exactly_the_training_features_at_theta0() -> None:
+    # Oracle: with everything but the dense layer frozen, one SGD step gives ΔW = −lr Σᵢ δᵢ φ(xᵢ; θ₀)ᵀ exactly.
+    torch.manual_seed(1)
+    model = _conv_net()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _pixels(N, 0), torch.tensor([0.0, 1.0] * (N // 2), dtype=torch.float64)
+    nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y).backward()
+    with torch.no_grad():
+        model[3].weight -= LR * model[3].weight.grad
+        model[3].bias -= LR * model[3].bias.grad
+    victim = Victim.from_module(model.eval(), SHAPE, initial_state=initial, n_train=N)
+    assert float(dl.feature_residual(victim, x, rank=N).max()) < 1e-10
+    assert float(dl.feature_residual(victim, _pixels(20, 3), rank=N).min()) > 0.05
+
+
+def test_training_images_lie_nearer_the_dense_layers_change_than_any_held_out_image(trained) -> None:
+    # Membership evidence behind convolutions: the conv layer moved, the features at θ₀ still separate.
+    victim, pixels = trained
+    inputs = victim.preprocessing.to_inputs(pixels)
+    held = victim.preprocessing.to_inputs(torch.cat([_pixels(N, seed) for seed in (1, 2, 3)]))
+    assert float(dl.feature_residual(victim, inputs).max()) < float(dl.feature_residual(victim, held).min())
 
 
 def test_the_attack_brings_every_training_image_back_nearer_to_it_than_to_any_other_image(trained) -> None:

@@ -109,3 +109,29 @@ def test_the_control_is_the_same_verdict_on_images_the_victim_never_saw(data_roo
     assert few["control"]["n_recovered"] == few["n_recovered"]
     assert 0 < few["control"]["n_recovered"] < many["control"]["n_recovered"]
     assert judged(held_out, held_out)["control"]["n_recovered"] == 0  # the pool's own images never count
+
+
+def test_a_left_out_control_is_the_pool_judging_its_own_images_without_their_copies(data_root) -> None:
+    # An audit has no images outside the held-out pool: its control leaves each of the first ones out in turn.
+    from kktrecon.evaluation.pipeline import control_images
+    from kktrecon.evaluation.verdict import control_metrics
+
+    ds, held_out, _, downsample = _task(data_root, "mnist", "odd-even")
+    control, _ = control_images(ds, held_out, 40, data_root=data_root)
+
+    def count(ctrl, pool, left_out):
+        return control_metrics(ctrl, ds.x_train, pool, ds.mean, threshold=0.4, downsample=downsample,
+                               source="test", left_out=left_out)["n_recovered"]  # fmt: skip
+
+    # Oracle: one image left out of a pool that holds it is that image judged against the pool without it.
+    counts = []
+    for i in range(12):
+        one = control[i : i + 1]
+        counts.append(count(one, held_out, False))
+        assert count(one, torch.cat([one, held_out]), True) == counts[-1]
+    assert 0 < sum(counts) < 12  # the oracle compares both outcomes
+    pooled = torch.cat([control, held_out])
+    assert count(control, pooled, False) == 0  # not left out, a pool's own image is its own nearest
+    assert count(control, pooled, True) > 0
+    with pytest.raises(ValueError, match="first images of held_out"):
+        count(control, held_out, True)

@@ -42,6 +42,37 @@ def test_report_headline_comes_first_and_names_both_metrics(tmp_path: Path) -> N
     assert "0.03" in page  # reconstruction config
 
 
+def test_the_per_sample_table_scrolls_in_its_own_box_not_the_page(tmp_path: Path) -> None:
+    # A column per measure makes the table wider than a screen; the page itself must not scroll sideways.
+    page = report(_evaluated_dir(tmp_path)).read_text(encoding="utf-8")
+    wrapped = re.search(r"<div class=wide><table><thead><tr><th>index</th>.*?</table></div>", page, re.S)
+    assert wrapped is not None
+    assert re.search(r"\.wide \{[^}]*overflow-x: auto", page)
+
+
+def test_with_a_held_out_pool_the_shaded_rows_are_the_recovered_ones(tmp_path: Path) -> None:
+    # Two held-out images are noisy twins of training images and the first two candidates are those twins:
+    # their SSIM to the training image stays high, but each is nearest to its held-out twin, not recovered.
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(6, 1, 10, 10, generator=g, dtype=torch.float64) - 0.5
+    twins = train[:2] + 0.1 * torch.randn(2, 1, 10, 10, generator=g, dtype=torch.float64)
+    held_out = torch.cat([twins, torch.rand(4, 1, 10, 10, generator=g, dtype=torch.float64) - 0.5])
+    noise = 0.2 * torch.randn(6, 1, 10, 10, generator=g, dtype=torch.float64)
+    cands = torch.cat([0.3 * twins, 0.3 * train[2:4], noise])
+    labels = torch.arange(6) % 2
+    outputs = 2.0 * labels.double() - 1.0
+    mean = torch.zeros(1, 10, 10, dtype=torch.float64)
+    result = evaluate_candidates(cands, train, labels, mean, outputs=outputs, held_out=held_out)
+    write_evaluation(result, tmp_path)
+    with pytest.warns(UserWarning):  # evaluated in memory: no victim, no reconstruction manifest
+        page = report(tmp_path).read_text(encoding="utf-8")
+    recovered = [bool(r["recovered"]) for r in result.rows]
+    high = [float(r["ssim_aligned"]) > 0.4 for r in result.rows]
+    assert sum(high) > sum(recovered) > 0  # the case where the two shadings differ
+    assert page.count("<tr class=ok>") == sum(recovered)
+    assert "shaded rows are recovered" in page
+
+
 def test_report_escapes_text(tmp_path: Path) -> None:
     rec = _evaluated_dir(tmp_path, hostile="<script>alert('x')</script>&")
     page = report(rec, out=tmp_path / "out.html").read_text(encoding="utf-8")
@@ -83,3 +114,13 @@ def test_the_audit_report_warns_when_the_held_out_pool_is_weak(tmp_path: Path, g
     page = write_audit_report(tmp_path, metrics, {}).read_text(encoding="utf-8")
     assert ("Only 10 held-out images were given" in page) is warned
     assert ("No held-out images were given" in page) is (not given)
+
+
+@pytest.mark.parametrize(("recovered", "chance", "noted"), [(3, 3, True), (2, 3, True), (4, 3, False), (0, 2, False)])
+def test_a_count_at_or_below_the_unseen_control_is_called_chance(tmp_path: Path, recovered, chance, noted) -> None:
+    control = {"n_recovered": chance, "count": 40, "placement": "each left out of the held-out pool in turn"}
+    metrics = {"n_train": 10, "n_recovered": recovered, "held_out_given": True, "held_out": {"count": 200},
+               "control": control, "recovered_files": [f"train/{i}.png" for i in range(recovered)]}  # fmt: skip
+    page = write_audit_report(tmp_path, metrics, {}).read_text(encoding="utf-8")
+    assert "each left out of the held-out pool in turn, judged as candidates by the same verdict" in page
+    assert ("This count is not evidence of a leak" in page) is noted

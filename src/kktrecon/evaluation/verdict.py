@@ -18,7 +18,8 @@ reaches, and its chance level (its nearest *other* training image).
 saw, drawn from outside the pool, as there are candidates. Some of them are nearer to a training image
 than to anything in the pool by chance, more the more candidates there are (MNIST n = 20 against 200
 held-out images: 40 unseen digits "recover" 3, 320 "recover" 12); a count at or below the control's
-is not a result.
+is not a result. Where no images outside the pool exist (an audit of a user's model), the control is the
+pool's own first images, each judged without its own copy (``left_out``).
 """
 
 from __future__ import annotations
@@ -78,18 +79,36 @@ def chance_metrics(train_images: Tensor, mean: Tensor, *, threshold: float, down
 
 
 def control_metrics(
-    control: Tensor, train: Tensor, held_out: Tensor, mean: Tensor, *, threshold: float, downsample: int, source: str
+    control: Tensor,
+    train: Tensor,
+    held_out: Tensor,
+    mean: Tensor,
+    *,
+    threshold: float,
+    downsample: int,
+    source: str,
+    left_out: bool = False,
 ) -> dict[str, Any]:
-    """The verdict's count for unseen images as candidates (the module docstring), for ``metrics.json``."""
+    """The verdict's count for unseen images as candidates (the module docstring), for ``metrics.json``.
+
+    ``left_out``: the control images are the first ones of ``held_out`` itself, each judged against the
+    pool without its own copy (leave one out), for a caller that has no images outside the pool (an audit).
+    """
+    k = control.shape[0]
+    if left_out and (k > held_out.shape[0] or not torch.equal(control, held_out[:k])):
+        raise ConfigError(f"A left-out control must be the first images of held_out. Got {k} other images.")
+    hidden = torch.arange(k) if left_out else None
     # Only the count: the look-alike and chance baselines are the candidates' verdict's, not computed again.
     _, _, best, ssim, _, _ = _owners(control.to(train), train, held_out, mean, None, threshold=threshold,
-                                     downsample=downsample)  # fmt: skip
+                                     downsample=downsample, hidden=hidden)  # fmt: skip
+    where = "each left out of the held-out pool in turn" if left_out else "outside the held-out pool"
     return {
         "n_recovered": int(((best >= 0) & (ssim > threshold)).sum()),
-        "count": int(control.shape[0]),
+        "count": int(k),
         "source": source,
-        "criterion": "the verdict applied to images the victim never saw, outside the held-out pool, as many as "
-        "the candidates (or all there are): what chance reaches with this many candidates",
+        "placement": where,
+        "criterion": f"the verdict applied to images the victim never saw, {where}, as many as the candidates "
+        "(or all there are): what chance reaches with this many candidates",
     }
 
 
@@ -150,16 +169,20 @@ def _owners(
     *,
     threshold: float,
     downsample: int,
+    hidden: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Each training image's best candidate among those whose NCC-nearest pool image it is.
 
     ``match``: only a training image's matched candidate may serve it (best buddies); None: any.
+    ``hidden``: per candidate, a held-out image it may not be matched to (its own copy), or None.
     Returns the candidate-to-pool distances, each candidate's nearest pool image, and per training
     image its best owner (−1: none), that owner's aligned SSIM and image; and which candidates are real.
     """
     n, h = train.shape[0], held_out.shape[0]
     pool = torch.cat([train, held_out.to(train)]) if h else train
     dist = ncc_distance(candidates, pool, downsample=downsample)
+    if hidden is not None:
+        dist[torch.arange(len(hidden), device=dist.device), n + hidden.to(dist.device)] = math.inf
     nearest = dist.argmin(dim=1)
     owners = torch.nonzero(nearest < n).flatten()
     ssim = torch.zeros(n, dtype=torch.float64)

@@ -35,7 +35,7 @@ from kktrecon.reporting.figures import (
     plot_loss_history,
 )
 
-__all__ = ["RISK", "TOLERANCE", "headline", "report", "write_audit_report"]
+__all__ = ["RISK", "TOLERANCE", "chance_note", "family_line", "headline", "report", "write_audit_report"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
@@ -47,7 +47,13 @@ h3 { font-size: 1.0rem; }
 .sub { color: #444; margin-top: 0; }
 .note { background: #fff6d6; border-left: 4px solid #e0b400; padding: 0.4rem 0.8rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
-th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top;
+         overflow-wrap: anywhere; }
+.wide { overflow-x: auto; max-width: 100%; }
+.wide th, .wide td { overflow-wrap: normal; white-space: nowrap; }
+.wide th:first-child, .wide td:first-child { position: sticky; left: 0; background: #fff; }
+.wide th:first-child { background: #f4f4f4; }
+.wide tr.ok td:first-child { background: #eef8ee; }
 th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.ok td { background: #eef8ee; }
@@ -128,7 +134,8 @@ def _per_sample_table(rows: list[dict[str, str]], threshold: float, key: str) ->
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = []
     for row in rows:
-        ok = row.get("found") == "1" if key == "found" else _is_number(row.get(key, "")) and float(row[key]) > threshold
+        flag = key in ("found", "recovered")
+        ok = row.get(key) == "1" if flag else _is_number(row.get(key, "")) and float(row[key]) > threshold
         cells = []
         for c in columns:
             text = row[c]
@@ -139,7 +146,8 @@ def _per_sample_table(rows: list[dict[str, str]], threshold: float, key: str) ->
             else:
                 cells.append(f"<td>{_e(text)}</td>")
         body.append(f"<tr{' class=ok' if ok else ''}>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # One row per training image and a column per measure: the table scrolls in its own box, not the page.
+    return f"<div class=wide><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def headline(metrics: dict[str, Any]) -> tuple[str, str]:
@@ -174,8 +182,9 @@ def _image_headline(metrics: dict[str, Any], n: Any) -> tuple[str, str]:
         control = metrics.get("control")
         if control:
             sub += (
-                f"; {control['count']} images the victim never saw, outside the pool, judged as candidates by the "
-                f"same verdict, recover {control['n_recovered']} of {n} (chance at this many candidates)"
+                f"; {control['count']} images the victim never saw, {control.get('placement', 'outside the pool')}, "
+                f"judged as candidates by the same verdict, recover {control['n_recovered']} of {n} (chance at this "
+                "many candidates)"
             )
     else:
         head = (
@@ -238,6 +247,8 @@ def report(rec_dir: str | Path, *, out: str | Path | None = None, force: bool = 
     head, sub = headline(metrics)
     title = f"kktrecon report: {rec_dir.resolve().name}"
     parts = [f"<h1>{_e(title)}</h1>", f'<p class="headline">{_e(head)}</p>', f'<p class="sub">{_e(sub)}</p>']
+    if (chance := chance_note(metrics)) is not None:
+        parts.append(f'<p class="note">{_e(chance)}</p>')
     notes_at = len(parts)
     if metrics.get("kind") != "toy":
         parts.append(f'<p class="sub">{_e(TOLERANCE)}</p>')
@@ -339,10 +350,15 @@ def _reconstruction_section(rec_dir: Path, metrics: dict[str, Any], notes: list[
 
 def _per_sample_section(metrics: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
     threshold = float(metrics.get("ssim_threshold") or 0.4)
-    key = "found" if metrics.get("kind") == "toy" else "ssim_aligned"
+    if metrics.get("kind") == "toy":
+        key, shaded = "found", "found"
+    elif rows and "recovered" in rows[0]:
+        key, shaded = "recovered", "recovered (the count of the headline, read against the held-out pool)"
+    else:
+        key, shaded = "ssim_aligned", f"reconstructed (aligned SSIM &gt; {threshold:g}, no held-out pool)"
     return [
         "<h2>Per-sample results</h2>",
-        f"<p>One row per training sample ({len(rows)}); shaded rows count as reconstructed. "
+        f"<p>One row per training sample ({len(rows)}); shaded rows are {shaded}. "
         "<code>candidate</code> indexes the candidates of run <code>candidate_run</code>; -1: no match.</p>",
         _per_sample_table(rows, threshold, key),
     ]
@@ -373,6 +389,18 @@ RISK = (
 WEAK_POOL = 200
 
 
+def chance_note(metrics: dict[str, Any]) -> str | None:
+    """What a recovered count at or below the unseen control's means (None: above it, none recovered, no control)."""
+    control, recovered = metrics.get("control"), metrics.get("n_recovered")
+    if not control or not recovered or recovered > control["n_recovered"]:
+        return None
+    return (
+        f"{recovered} recovered is no more than the {control['n_recovered']} that {control['count']} images the "
+        "victim never saw reach under the same verdict: at this many candidates, chance alone recovers as many. "
+        "This count is not evidence of a leak; the pairs below show what matched."
+    )
+
+
 def weak_pool_note(metrics: dict[str, Any]) -> str:
     """Why a count read against fewer than :data:`WEAK_POOL` held-out images may include look-alikes."""
     count = (metrics.get("held_out") or {}).get("count", 0)
@@ -383,17 +411,24 @@ def weak_pool_note(metrics: dict[str, Any]) -> str:
     )
 
 
+def family_line(row: dict[str, Any]) -> str:
+    """One attack family of an audit in words: what it recovered alone, against its unseen control; or why not."""
+    if not row.get("ran"):
+        return f"did not run: {row.get('why_not')}"
+    control = row.get("control_n_recovered")
+    return "".join([
+        f"ran: {row.get('candidates')} candidates, {row.get('n_recovered')} recovered alone",
+        f" (unseen control at as many candidates: {control})" if control is not None else "",
+        f", rank {row['rank']} (drop {row['drop']:.3g}, decay {row['decay']:.6g})" if "rank" in row else "",
+    ])  # fmt: skip
+
+
 def _owner_sections(metrics: dict[str, Any]) -> list[str]:
     """Per attack family (what ran, what it recovered alone, what could not run and why), and membership evidence."""
     parts = ["<h2>Attack families</h2>"]
     rows = []
     for f in metrics.get("families") or []:
-        if f.get("ran"):
-            extra = f", rank {f['rank']} (drop {f['drop']:.3g}, decay {f['decay']:.6g})" if "rank" in f else ""
-            text = f"ran: {f.get('candidates')} candidates, {f.get('n_recovered')} recovered alone{extra}"
-        else:
-            text = f"did not run: {f.get('why_not')}"
-        rows.append(f"<tr><th>{_e(f.get('family'))}</th><td>{_e(text)}</td></tr>")
+        rows.append(f"<tr><th>{_e(f.get('family'))}</th><td>{_e(family_line(f))}</td></tr>")
     parts.append(f"<table>{''.join(rows)}</table>" if rows else "<p>(none recorded)</p>")
     member = metrics.get("membership")
     parts.append("<h2>Membership evidence</h2>")
@@ -401,7 +436,7 @@ def _owner_sections(metrics: dict[str, Any]) -> list[str]:
         why = (
             "needs the initial weights (--init-weights) and held-out images (--held-out)"
             if not metrics.get("initial_weights_given") or not metrics.get("held_out_given")
-            else "the first layer is not dense"
+            else "neither the first layer nor a layer behind the convolutions is dense (two outputs or more)"
         )
         parts.append(f"<p>{_e('Not computed: ' + why + '.')}</p>")
         return parts
@@ -423,6 +458,8 @@ def write_audit_report(out: Path, metrics: dict[str, Any], files: dict[str, Path
     parts = [f"<h1>{_e('kktrecon privacy audit')}</h1>", f'<p class="headline">{_e(head)}</p>']
     _, sub = headline(metrics)
     parts.append(f'<p class="sub">{_e(sub)}</p>')
+    if (chance := chance_note(metrics)) is not None:
+        parts.append(f'<p class="note">{_e(chance)}</p>')
     if not held:
         parts.append(
             '<p class="note">No held-out images were given: a candidate that merely looks like a typical training '
