@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--arch", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--channels", default="32,64", help="CNN: convolution widths")
-    parser.add_argument("--hidden", type=int, default=100, help="CNN: width of the linear layer after them")
+    parser.add_argument("--hidden", type=int, default=100, help="CNN: width of the linear layer after them (0: none)")
     parser.add_argument("--engine", default="auto", help="engine of the separate runs (auto, gram, autograd)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -107,8 +107,8 @@ def main() -> None:
         name = "784-1000-1000-1"
     else:
         channels = tuple(int(c) for c in args.channels.split(","))
-        config = CNNConfig(channels=channels, hidden=(args.hidden,))
-        name = f"CNN {channels} + {args.hidden}"
+        config = CNNConfig(channels=channels, hidden=(args.hidden,) if args.hidden else ())
+        name = f"CNN {channels}" + (f" + {args.hidden}" if args.hidden else "")
     model = build_model(config, device=device)
     p = sum(t.numel() for t in model.parameters())
     flops = [2 * t.numel() * (_positions(model, t) if t.dim() == 4 else 1) for t in model.parameters() if t.dim() > 1]
