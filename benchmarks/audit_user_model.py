@@ -30,6 +30,7 @@ from PIL import Image
 
 from _common import print_table, write_json
 from kktrecon.data import load_dataset
+from kktrecon.experiments.runner import control_cell
 
 
 def write_folder(folder: Path, images: torch.Tensor, labels: list[int]) -> None:
@@ -164,12 +165,8 @@ def main() -> None:
         ["model", "n", "held-out", "train", "audit", "recovered", "unseen control", "held-out look-alikes > 0.4"],
         [[r["model"], r["n"], r["held_out"], f"{r['train_steps']} steps, {r['train_seconds']} s",
           f"{r['budget']}: {r['audit_seconds'] / 60:.1f} min", f"{r['n_recovered']} of {r['n']}",
-          _control(r.get("control")), r["held_out_n_reconstructed"]] for r in rows],
+          control_cell(r), r["held_out_n_reconstructed"]] for r in rows],
     )  # fmt: skip
-
-
-def _control(control: dict | None) -> str:
-    return "—" if not control else f"{control['n_recovered']} ({control['count']} images)"
 
 
 if __name__ == "__main__":

@@ -580,9 +580,10 @@ def _membership(inputs: _Inputs) -> dict[str, Any] | None:
         train = space.residual(torch.as_tensor(inputs.train.x, dtype=torch.float64))
         held = space.residual(torch.as_tensor(inputs.held_out.x, dtype=torch.float64))
         return membership_metrics(-train, -held, score="minus the relative residual outside the first layer's change")
-    if _delta_note(inputs) is None:
-        train = feature_residual(inputs.victim, inputs.inputs(inputs.train.x))
-        held = feature_residual(inputs.victim, inputs.inputs(inputs.held_out.x))
+    if _delta_note(inputs) is None:  # one subspace and one copy of the model for both sets
+        n = len(inputs.train.x)
+        scores = feature_residual(inputs.victim, inputs.inputs(np.concatenate([inputs.train.x, inputs.held_out.x])))
+        train, held = scores[:n], scores[n:]
         return membership_metrics(-train, -held, score="minus the relative residual of the features at θ₀ outside "
                                   "the top-2n subspace of the dense layer's change")  # fmt: skip
     return None
@@ -696,16 +697,15 @@ def _evaluate(
     if len(pools) == 1:
         per_family[next(iter(pools))] = {"n_recovered": int(result.metrics.get("n_recovered", 0))}
     if held is not None and len(held) >= 2:
-        # The unseen control at each count of candidates judged (pooled, and each family alone).
-        def control(m: int) -> dict[str, Any]:
-            k = min(m, len(held))
-            return control_metrics(held[:k], train, held, mean, threshold=result.metrics["ssim_threshold"],
-                                   downsample=inputs.victim.downsample, left_out=True,
-                                   source=f"the first {k} of the {len(held)} images given with --held-out")  # fmt: skip
-
-        result.metrics["control"] = control(len(pooled.x))
+        # The unseen control at each count of candidates judged: pooled, and each family alone (a prefix).
+        k = min(len(pooled.x), len(held))
+        result.metrics["control"] = control_metrics(
+            held[:k], train, held, mean, threshold=result.metrics["ssim_threshold"],
+            downsample=inputs.victim.downsample, source=f"the first {k} of the {len(held)} images given with "
+            "--held-out", left_out=True, at=[len(pool.x) for pool in pools.values()],
+        )  # fmt: skip
         for name, pool in pools.items():
-            per_family[name]["control_n_recovered"] = control(len(pool.x))["n_recovered"]
+            per_family[name]["control_n_recovered"] = result.metrics["control"]["n_recovered_at"][len(pool.x)]
     result.metrics["attacker"] = {"criterion": "oracle-free ranking of the pooled sweep (see the sweep's pool)"}
     if result.verdict is not None:
         real = result.verdict.candidate_real

@@ -133,5 +133,11 @@ def test_a_left_out_control_is_the_pool_judging_its_own_images_without_their_cop
     pooled = torch.cat([control, held_out])
     assert count(control, pooled, False) == 0  # not left out, a pool's own image is its own nearest
     assert count(control, pooled, True) > 0
+    # A prefix of the control recovers what the same prefix judged alone recovers (read off one judgement).
+    full = control_metrics(control, ds.x_train, pooled, ds.mean, threshold=0.4, downsample=downsample,
+                           source="test", left_out=True, at=(10, 25, 40))  # fmt: skip
+    assert full["n_recovered_at"][40] == full["n_recovered"]
+    for m in (10, 25):
+        assert full["n_recovered_at"][m] == count(control[:m], pooled, True)
     with pytest.raises(ValueError, match="first images of held_out"):
         count(control, held_out, True)

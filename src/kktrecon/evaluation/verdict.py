@@ -25,6 +25,7 @@ pool's own first images, each judged without its own copy (``left_out``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -88,21 +89,24 @@ def control_metrics(
     downsample: int,
     source: str,
     left_out: bool = False,
+    at: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The verdict's count for unseen images as candidates (the module docstring), for ``metrics.json``.
 
     ``left_out``: the control images are the first ones of ``held_out`` itself, each judged against the
     pool without its own copy (leave one out), for a caller that has no images outside the pool (an audit).
+    ``at``: also the count of the first m control images for each m (``n_recovered_at``), read off the same
+    judgement: each control image is judged alone, so a prefix recovers what its images recover.
     """
     k = control.shape[0]
     if left_out and (k > held_out.shape[0] or not torch.equal(control, held_out[:k])):
         raise ConfigError(f"A left-out control must be the first images of held_out. Got {k} other images.")
     hidden = torch.arange(k) if left_out else None
     # Only the count: the look-alike and chance baselines are the candidates' verdict's, not computed again.
-    _, _, best, ssim, _, _ = _owners(control.to(train), train, held_out, mean, None, threshold=threshold,
-                                     downsample=downsample, hidden=hidden)  # fmt: skip
+    _, nearest, best, ssim, _, real = _owners(control.to(train), train, held_out, mean, None, threshold=threshold,
+                                              downsample=downsample, hidden=hidden)  # fmt: skip
     where = "each left out of the held-out pool in turn" if left_out else "outside the held-out pool"
-    return {
+    metrics: dict[str, Any] = {
         "n_recovered": int(((best >= 0) & (ssim > threshold)).sum()),
         "count": int(k),
         "source": source,
@@ -110,6 +114,12 @@ def control_metrics(
         "criterion": f"the verdict applied to images the victim never saw, {where}, as many as the candidates "
         "(or all there are): what chance reaches with this many candidates",
     }
+    if at:
+        hits = torch.nonzero(real).flatten()  # control images that recover the training image nearest to them
+        first = torch.full((train.shape[0],), k, dtype=torch.int64)  # the first that recovers each (k: none)
+        first.scatter_reduce_(0, nearest.cpu()[hits], hits, reduce="amin")
+        metrics["n_recovered_at"] = {int(m): int((first < m).sum()) for m in at}
+    return metrics
 
 
 def recovery_verdict(

@@ -44,7 +44,7 @@ from kktrecon.runs import Run, RunKind, open_run
 from kktrecon.sweeps.selection import on_the_margin
 from kktrecon.training import train
 
-__all__ = ["ExperimentResult", "experiment"]
+__all__ = ["ExperimentResult", "control_cell", "experiment"]
 
 EXPERIMENT_FILE = "experiment.json"
 #: An experiment directory: its cells' record when it starts, its results when it ends, its cells.
@@ -320,7 +320,7 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
                 r["label"],
                 r["n"],
                 r["n_recovered"],
-                _control(r),
+                control_cell(r),
                 r["held_out_n_reconstructed"],
                 r["n_reconstructed"],
                 r["n_reconstructed_reference"],
@@ -347,7 +347,8 @@ def _markdown(exp: Experiment, scale: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join([*lines, "", legend, ""])
 
 
-def _control(row: dict[str, Any]) -> str:
+def control_cell(row: dict[str, Any]) -> str:
+    """A result row's unseen control as a table cell: its count and how many images it judged."""
     control = row.get("control")
     return "—" if not control else f"{control['n_recovered']} ({control['count']} images)"
 

@@ -133,8 +133,8 @@ def _per_sample_table(rows: list[dict[str, str]], threshold: float, key: str) ->
     columns = list(rows[0])
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = []
+    flag = key in ("found", "recovered")  # a 0/1 column, else a score against the threshold
     for row in rows:
-        flag = key in ("found", "recovered")
         ok = row.get(key) == "1" if flag else _is_number(row.get(key, "")) and float(row[key]) > threshold
         cells = []
         for c in columns:
